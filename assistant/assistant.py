@@ -1,0 +1,179 @@
+"""The assistant: one object that answers questions about an image, grounded in the engine's result.
+
+Data flow: image -> engine (features, maps, decision) -> bridge (image + anomaly prompt tokens)
+-> LLM (chat template, LoRA) -> checked answer. The verdict and positions always come from the
+engine; the LLM adds description, and its words are dropped when they disagree with the facts.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from . import answer as grounding
+from . import checkpoint, prompts
+from .config import load_preset
+from .engine import AnomalyEngine
+from .images import load_image
+from .intents import IntentClassifier
+from .result import Detection
+from .visualize import overlay
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUESTION = "Is there any anomaly in the image?"
+MAX_MESSAGE_CHARS = 2000
+
+
+@dataclass
+class ChatResult:
+    answer: str
+    detection: Detection | None
+    history: list[dict] = field(default_factory=list)
+    intent: str = "judgement"
+    llm_text: str = ""  # the model's own words kept in the answer ('' when the fallback was used)
+    image: Image.Image | None = None
+
+    @property
+    def anomalous(self) -> bool | None:
+        return None if self.detection is None else self.detection.anomalous
+
+    @property
+    def heatmap(self) -> Image.Image | None:
+        return None if self.detection is None or self.image is None else overlay(self.image, self.detection)
+
+    def to_json(self) -> dict:
+        data = {"answer": self.answer}
+        data.update(self.detection.to_json() if self.detection else {"anomalous": None, "score": None,
+                                                                        "threshold": None, "regions": []})
+        return data
+
+
+class Assistant:
+    def __init__(self, preset: str | dict = "embedded", checkpoint_dir: str | Path | None = None, use_llm: bool = True,
+                 llm_overrides: dict | None = None):
+        self.preset = load_preset(preset) if isinstance(preset, str) else preset
+        self.engine = AnomalyEngine(self.preset, checkpoint_dir)
+        text_model = getattr(self.engine.encoder, "text_model", None)
+        self.intents = IntentClassifier(text_model)
+        self.use_llm = use_llm
+        self.llm_settings = {**self.preset.get("llm", {}), **(llm_overrides or {})}
+        self.model = self.tokenizer = self.bridge = None
+        self._detections: dict[str, Detection] = {}
+
+    # -- loading ------------------------------------------------------------------------------
+    def load(self) -> "Assistant":
+        """Load the LLM, the bridge and any LoRA adapter now (the app calls this once at start-up)."""
+        if self.use_llm and self.model is None:
+            from .llm.bridge import Bridge
+            from .llm.loading import LLMConfig, load_llm, load_lora
+
+            cfg = LLMConfig.from_dict(self.llm_settings)
+            model, tokenizer = load_llm(cfg)
+            folder = self.engine.checkpoint_dir
+            if folder and (folder / checkpoint.LORA_DIR).is_dir():
+                model = load_lora(model, folder / checkpoint.LORA_DIR)
+                log.info("LoRA adapter loaded from %s", folder / checkpoint.LORA_DIR)
+            bridge_cfg = self.preset.get("bridge", {})
+            hidden = model.get_input_embeddings().weight.shape[1]
+            torch.manual_seed(0)
+            bridge = Bridge(self.engine.encoder.embed_dim, hidden, **bridge_cfg)
+            if folder and (folder / checkpoint.BRIDGE_FILE).is_file():
+                checkpoint.load_module(bridge, folder / checkpoint.BRIDGE_FILE)
+                bridge.trained = True
+            self.model, self.tokenizer, self.bridge = model.eval(), tokenizer, bridge.eval()
+        return self
+
+    # -- the conversation ---------------------------------------------------------------------
+    def chat(self, image=None, message: str | None = None, references: list | None = None,
+             history: list[dict] | None = None, class_name: str | None = None, threshold: float | None = None,
+             max_new_tokens: int = 60) -> ChatResult:
+        """Answer `message` about `image` (path, bytes, array or PIL), optionally against normal `references`."""
+        message = _clean_message(message)
+        history = list(history or [])
+        picture = load_image(image) if image is not None else None
+        refs = [load_image(ref, name=f"reference {i + 1}") for i, ref in enumerate(references or [])]
+        class_name = (class_name or "object").strip() or "object"
+        intent, _ = self.intents.classify(message)
+        detection = self.detect(picture, refs, class_name, threshold) if picture is not None else None
+        follow_up = any(turn.get("role") == "assistant" for turn in history)
+        reply = grounding.grounded_answer(intent, detection, follow_up)
+        llm_text = ""
+        if self.use_llm and detection is not None and intent in grounding.JUDGEMENT_INTENTS:
+            llm_text = self._checked_llm_text(picture, detection, history, message, intent, max_new_tokens, follow_up)
+            if llm_text and not _repeats(llm_text, [reply, *(t["content"] for t in history if t.get("role") == "assistant")]):
+                reply = f"{reply} {llm_text}"
+        new_history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": reply}]
+        return ChatResult(reply, detection, new_history, intent, llm_text, picture)
+
+    def detect(self, image: Image.Image, references: list[Image.Image], class_name: str,
+               threshold: float | None) -> Detection:
+        """Engine result, cached so follow-up questions about the same image cost no recomputation."""
+        key = _key(image, references, class_name, threshold)
+        if key not in self._detections:
+            if len(self._detections) >= 32:
+                self._detections.pop(next(iter(self._detections)))
+            self._detections[key] = self.engine.detect(image, references or None, class_name, threshold)
+        return self._detections[key]
+
+    def _checked_llm_text(self, image, detection: Detection, history, message: str, intent: str,
+                          max_new_tokens: int, follow_up: bool) -> str:
+        from .llm.chat import build_inputs, generate
+
+        self.load()
+        system = prompts.load_text("system").format(class_name=grounding.facts(detection)["class_name"],
+                                                    facts=grounding.facts_sentence(detection))
+        lead = grounding.lead_sentence(intent, detection, follow_up)
+        with torch.no_grad():
+            encoded = self.engine.encode([image])
+            small_map = torch.from_numpy(detection.anomaly_map)[None]
+            visual = self.bridge(encoded.embedding, small_map)
+            inputs = build_inputs(self.model, self.tokenizer, system, _text_history(history), message, visual,
+                                  lead=lead + " ", max_new_tokens=max_new_tokens)
+            text = generate(self.model, self.tokenizer, inputs, max_new_tokens)
+        return first_agreeing_sentences(text, detection)
+
+
+def first_agreeing_sentences(text: str, detection: Detection, limit: int = 2) -> str:
+    """The model's first sentences, up to the first one that disagrees with the facts or is unfinished."""
+    kept = []
+    for sentence in re.split(r"(?<=[.!?])\s+", text.strip()):
+        if not sentence.endswith((".", "!", "?")) or not grounding.agrees(sentence, detection):
+            break
+        kept.append(sentence)
+        if len(kept) == limit:
+            break
+    return " ".join(kept)
+
+
+def _repeats(text: str, earlier: list[str]) -> bool:
+    """True when the model's sentence mostly repeats words already said in this conversation."""
+    words = set(re.findall(r"[a-z']+", text.lower()))
+    said = set(re.findall(r"[a-z']+", " ".join(earlier).lower()))
+    return not words or len(words - said) < 0.3 * len(words)
+
+
+def _clean_message(message: str | None) -> str:
+    text = " ".join((message or "").split())
+    if not text:
+        return DEFAULT_QUESTION
+    return text[:MAX_MESSAGE_CHARS]
+
+
+def _text_history(history: list[dict]) -> list[dict]:
+    return [{"role": turn["role"], "content": str(turn["content"])} for turn in history
+            if turn.get("role") in ("user", "assistant") and isinstance(turn.get("content"), str)]
+
+
+def _key(image: Image.Image, references: list[Image.Image], class_name: str, threshold) -> str:
+    digest = hashlib.sha1()
+    for picture in [image, *references]:
+        digest.update(f"{picture.size}".encode())
+        digest.update(picture.tobytes())
+    digest.update(f"|{class_name}|{threshold}".encode())
+    return digest.hexdigest()

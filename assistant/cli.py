@@ -1,0 +1,121 @@
+"""`anomaly-assistant` command line: eval, bench, ask, inspect, app, train.
+
+Every user-facing problem becomes one line on stderr and exit code 2; no tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+EXIT_BAD_INPUT = 2
+
+
+class UserError(Exception):
+    """Raised by commands for problems the user can fix; printed as one line."""
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="embedded", help="preset name in assistant/presets or a JSON file (default: embedded)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the preset's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anomaly-assistant", description="Industrial anomaly assistant")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="k-shot evaluation on MVTec-layout data")
+    ev.add_argument("--data", required=True, help="dataset folder (MVTec layout), a folder of such folders, a good/bad folder, or 'conformal-clip-data'")
+    ev.add_argument("--category", action="append", default=None, help="category subfolder to evaluate (repeatable)")
+    ev.add_argument("--shots", type=int, default=1)
+    ev.add_argument("--seeds", type=int, default=5)
+    ev.add_argument("--output", type=Path, default=None, help="results.json path")
+    ev.add_argument("--csv", type=Path, default=None, help="per-image scores CSV path")
+    ev.add_argument("--class-name", default=None, help="object name used in prompts (default: the category name)")
+    ev.add_argument("--split-defects", action="store_true", help="also report each defect type against the good images")
+    ev.add_argument("--image-size", type=int, default=None, help="override the encoder input size")
+    _add_model_args(ev)
+
+    bench = sub.add_parser("bench", help="latency benchmark of features, maps and bank size")
+    bench.add_argument("--data", default=None, help="folder of images to benchmark on (default: synthetic textures)")
+    bench.add_argument("--image-size", type=int, default=None)
+    _add_model_args(bench)
+
+    for command in _extra_commands():
+        command(sub)
+    return parser
+
+
+def _extra_commands():
+    """Commands living in other modules register their own parsers (kept out of this file)."""
+    from . import commands
+
+    return commands.REGISTRY
+
+
+def _run_eval(args) -> int:
+    from eval.evaluate import format_table, run_evaluation
+
+    overrides = {"encoder": {"image_size": args.image_size}} if args.image_size else None
+    report = run_evaluation(args.data, args.category, args.shots, args.seeds, args.output, args.preset, args.checkpoint,
+                            args.csv, args.class_name, split_defects=args.split_defects, overrides=overrides)
+    print(format_table(report))
+    if args.output:
+        print(f"results written to {args.output}")
+    return 0
+
+
+def _run_bench(args) -> int:
+    from eval.benchmark import run_benchmark
+
+    overrides = {"encoder": {"image_size": args.image_size}} if args.image_size else None
+    run_benchmark(args.preset, args.checkpoint, args.data, overrides)
+    return 0
+
+
+HANDLERS = {"eval": _run_eval, "bench": _run_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("httpx", "transformers", "sentence_transformers", "urllib3", "root"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    handler = HANDLERS.get(args.command) or args.handler
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, OSError) as exc:  # ImageError, DatasetError, EngineError are ValueErrors
+        if os.environ.get("ANOMALY_ASSISTANT_DEBUG"):
+            raise
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # noqa: BLE001 - the CLI's contract is one line, never a traceback
+        if os.environ.get("ANOMALY_ASSISTANT_DEBUG"):
+            raise
+        print(f"internal error: {_one_line(exc)} (set ANOMALY_ASSISTANT_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:400]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

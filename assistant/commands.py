@@ -1,0 +1,206 @@
+"""Sub-commands that live beside their feature (ask, inspect, app, train) register here.
+
+Each entry of REGISTRY is a function `register(subparsers)` that adds one sub-command whose parser
+sets `handler=fn` (fn(args) -> exit code). Handlers check user input (images, paths, numbers)
+before loading any model, so a mistake costs a second, not a model load.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+log = logging.getLogger("assistant.cli")
+
+
+class ModelLoadError(ValueError):
+    """A preset's models could not be loaded (missing weights, no GPU, ...): one line for the user."""
+
+
+# -- shared helpers (also used by the web app and `inspect`) ------------------------------------------
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="embedded", help="preset name in assistant/presets or a JSON file (default: embedded)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the preset's)")
+    parser.add_argument("--no-llm", action="store_true", help="answer from templates only (no language model; faster)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:400]
+
+
+def check_threshold(value: float | None) -> float | None:
+    """None / 0 mean 'calibrated'; anything else must be a positive finite number."""
+    if value is None or value == 0:
+        return None
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"threshold must be a positive number (or 0 for the calibrated one), got {value}")
+    return value
+
+
+def preset_problem(preset: dict) -> str | None:
+    """Why a preset cannot run on this machine (e.g. it needs a GPU), or None."""
+    import torch
+
+    device = str(preset.get("encoder", {}).get("device", "cpu"))
+    quantized = preset.get("llm", {}).get("quantization") in ("4bit", "8bit")
+    if (device.startswith("cuda") or quantized) and not torch.cuda.is_available():
+        return f"preset {preset.get('name', '?')!r} needs a CUDA GPU and this machine has none; use 'embedded'"
+    return None
+
+
+def load_assistant(preset: str = "embedded", checkpoint: str | Path | None = None, use_llm: bool = True,
+                   load_llm: bool = True):
+    """Build the Assistant for a preset; any failure becomes one ModelLoadError line."""
+    from .config import load_preset
+
+    data = load_preset(preset)  # FileNotFoundError (exit 2) names the available presets
+    problem = preset_problem(data)
+    if problem:
+        raise ModelLoadError(problem)
+    if checkpoint is not None and not Path(checkpoint).is_dir():
+        raise ModelLoadError(f"checkpoint folder {checkpoint} not found")
+    try:
+        from .assistant import Assistant
+
+        assistant = Assistant(data, checkpoint_dir=checkpoint, use_llm=use_llm)
+        if use_llm and load_llm:
+            assistant.load()
+    except (KeyboardInterrupt, ModelLoadError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - missing weights, offline hub, CUDA errors: one line
+        raise ModelLoadError(f"preset {data.get('name', preset)!r} could not be loaded: {one_line(exc)}") from exc
+    return assistant
+
+
+def load_references(paths) -> list:
+    from .images import load_image
+
+    return [load_image(path, name=f"reference {Path(path).name}") for path in paths or []]
+
+
+# -- ask ----------------------------------------------------------------------------------------------
+def register_ask(sub) -> None:
+    parser = sub.add_parser("ask", help="ask one question about one image",
+                            description="Answer a question about IMAGE, optionally compared with known-good references.")
+    parser.add_argument("image", help="query image")
+    parser.add_argument("--reference", "-r", action="append", default=[], metavar="REF",
+                        help="known-good reference image of the same part (repeatable)")
+    parser.add_argument("--question", "-q", default=None, help="question (default: 'Is there any anomaly in the image?')")
+    parser.add_argument("--class-name", default="object", help="what the object is, e.g. tire (default: object)")
+    parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: calibrated on the references)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (answer, anomalous, score, threshold, regions)")
+    parser.add_argument("--heatmap", type=Path, default=None, metavar="PATH", help="write the heatmap overlay PNG here")
+    parser.add_argument("--max-new-tokens", type=int, default=60, help="LLM answer length limit (default: 60)")
+    add_model_args(parser)
+    parser.set_defaults(handler=run_ask)
+
+
+def run_ask(args) -> int:
+    from .checkpoint import atomic_write_bytes
+    from .images import load_image
+
+    threshold = check_threshold(args.threshold)
+    if args.heatmap is not None and args.heatmap.is_dir():
+        raise ValueError(f"--heatmap {args.heatmap}: is a folder; give a file path such as overlay.png")
+    if not 1 <= args.max_new_tokens <= 1024:
+        raise ValueError(f"--max-new-tokens must be between 1 and 1024, got {args.max_new_tokens}")
+    query = load_image(args.image)
+    references = load_references(args.reference)
+
+    # Libraries sometimes print; keep stdout for the answer (and parseable with --json).
+    with contextlib.redirect_stdout(sys.stderr):
+        assistant = load_assistant(args.preset, args.checkpoint, use_llm=not args.no_llm)
+        result = assistant.chat(query, args.question, references, class_name=args.class_name,
+                                threshold=threshold, max_new_tokens=args.max_new_tokens)
+        if args.heatmap is not None and result.heatmap is not None:
+            atomic_write_bytes(args.heatmap, png_bytes(result.heatmap))
+            log.info("heatmap written to %s", args.heatmap)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(result.answer)
+        if result.detection is not None:
+            d = result.detection
+            log.info("verdict: %s (score %.4f, threshold %.4f)", "anomalous" if d.anomalous else "normal",
+                     d.score, d.threshold)
+    return 0
+
+
+def png_bytes(image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# -- inspect ------------------------------------------------------------------------------------------
+def register_inspect(sub) -> None:
+    parser = sub.add_parser("inspect", help="score every image in a folder; write report.csv and report.html",
+                            description="Inspect every image under FOLDER (recursive) and write a CSV and an HTML report.")
+    parser.add_argument("folder", help="folder of images (searched recursively)")
+    parser.add_argument("--reference", "-r", action="append", default=[], metavar="REF",
+                        help="known-good reference image (repeatable); without one the trained text map is needed")
+    parser.add_argument("--class-name", default="object", help="what the objects are, e.g. tire (default: object)")
+    parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: calibrated)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder for report.csv, report.html and overlays")
+    parser.add_argument("--max-new-tokens", type=int, default=40, help="LLM answer length limit (default: 40)")
+    add_model_args(parser)
+    parser.set_defaults(handler=_run_inspect)
+
+
+def _run_inspect(args) -> int:
+    from .inspect_cmd import run_inspect
+
+    return run_inspect(args)
+
+
+# -- app ----------------------------------------------------------------------------------------------
+def register_app(sub) -> None:
+    parser = sub.add_parser("app", help="start the web app (Gradio)", description="Start the web app.")
+    add_app_args(parser)
+    parser.set_defaults(handler=_run_app)
+
+
+def add_app_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--share", action="store_true", help="also create a public gradio.live link (off by default)")
+    parser.add_argument("--concurrency", type=int, default=2, help="requests processed at the same time (default: 2)")
+    add_model_args(parser)
+
+
+def _run_app(args) -> int:
+    from .app_ui import serve
+
+    return serve(args)
+
+
+REGISTRY: list = [register_ask, register_inspect, register_app]
+
+
+# -- train --------------------------------------------------------------------------------------------
+def register_train(sub) -> None:
+    parser = sub.add_parser("train", help="train adapters, bridge and LoRA on synthesised anomalies",
+                            description="Same options as `python -m training.train` (see training/README.md).")
+    from training.train import add_arguments
+
+    add_arguments(parser)
+    parser.set_defaults(handler=_run_train)
+
+
+def _run_train(args) -> int:
+    from training.train import run
+
+    run(args)
+    return 0
+
+
+REGISTRY.append(register_train)

@@ -1,0 +1,202 @@
+"""The anomaly engine: image -> features -> maps (text, memory bank) -> score, decision, regions.
+
+The LLM, the UI and the CLIs only ever talk to `AnomalyEngine.detect` (or, for batch evaluation,
+to `encode` / `references` / `maps`), so changing how a map is made happens in one place.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import checkpoint
+from .config import load_preset, resolve_path
+from .encoders import EncodedImages, create_encoder
+from .maps.anomaly_map import find_regions, image_score, merge_levels, smooth, to_image_size
+from .maps.memory_bank import MemoryBank, augment
+from .maps.text_map import TextMap
+from .result import Detection
+
+log = logging.getLogger(__name__)
+
+
+class EngineError(ValueError):
+    """A one-line problem the user can act on (e.g. nothing to compare against)."""
+
+
+@dataclass
+class ReferenceSet:
+    """Normal references turned into a memory bank plus a label-free threshold."""
+
+    bank: MemoryBank
+    normal_scores: np.ndarray  # scores of held-out normal views, used for the threshold
+    threshold: float
+    n_images: int
+
+
+class AnomalyEngine:
+    def __init__(self, preset: dict | str = "embedded", checkpoint_dir: str | Path | None = None):
+        self.preset = load_preset(preset) if isinstance(preset, str) else preset
+        torch.manual_seed(0)  # untrained adapters are never used for decisions, but keep them reproducible
+        self.encoder = create_encoder(self.preset["encoder"])
+        text_cfg = self.preset.get("text_map", {})
+        norm = self.encoder.adapter_input_norm() if hasattr(self.encoder, "adapter_input_norm") else None
+        self.text_map = TextMap(self.encoder.level_dims, self.encoder.text_dim, text_cfg.get("levels"),
+                                self.encoder.default_adapter_weights(), norm)
+        folder = checkpoint_dir if checkpoint_dir is not None else resolve_path(self.preset.get("checkpoint"))
+        self.checkpoint_dir = Path(folder) if folder else None
+        if self.checkpoint_dir and (self.checkpoint_dir / checkpoint.ADAPTERS_FILE).is_file():
+            checkpoint.load_module(self.text_map, self.checkpoint_dir / checkpoint.ADAPTERS_FILE)
+            self.text_map.trained = True
+            log.info("text-map adapters loaded from %s", self.checkpoint_dir)
+        self.text_map.eval()
+        self.map_cfg = self.preset["anomaly_map"]
+        self.bank_cfg = self.preset["memory_bank"]
+        self.threshold_cfg = self.preset["threshold"]
+        self._reference_cache: dict[str, ReferenceSet] = {}
+
+    # -- features -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: list[Image.Image]) -> EncodedImages:
+        return self.encoder.encode_images(images)
+
+    @property
+    def map_size(self) -> tuple[int, int]:
+        size = int(self.map_cfg.get("size", 80))
+        return size, size
+
+    # -- maps ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def text_maps(self, encoded: EncodedImages, class_name: str) -> torch.Tensor | None:
+        """B x h x w abnormal probability from the prompt ensembles, or None while adapters are untrained."""
+        if not self.text_map.trained:
+            return None
+        text = self.text_map.text_features(self.encoder, class_name)
+        return self.text_map(encoded.levels, text, self.map_size)
+
+    @torch.no_grad()
+    def bank_maps(self, encoded: EncodedImages, bank: MemoryBank) -> torch.Tensor:
+        return merge_levels(bank.distance_maps(encoded.levels), self.map_size)
+
+    def fuse(self, bank_map: torch.Tensor | None, text_map: torch.Tensor | None) -> np.ndarray:
+        """Smoothed B x h x w anomaly map from whichever maps exist."""
+        if bank_map is None and text_map is None:
+            raise EngineError("no reference image given and the text map is untrained: add at least one known-good reference image")
+        if bank_map is None:
+            fused = text_map
+        elif text_map is None:
+            fused = bank_map
+        else:
+            fused = bank_map + float(self.map_cfg.get("text_weight", 0.5)) * text_map
+        return smooth(fused, float(self.map_cfg.get("sigma", 4.0)))
+
+    def maps(self, encoded: EncodedImages, references: ReferenceSet | None, class_name: str,
+             text_maps: torch.Tensor | None = None) -> np.ndarray:
+        if text_maps is None:
+            text_maps = self.text_maps(encoded, class_name)
+        bank_map = self.bank_maps(encoded, references.bank) if references is not None else None
+        return self.fuse(bank_map, text_maps)
+
+    def score(self, anomaly_map: np.ndarray) -> float:
+        return image_score(anomaly_map, float(self.map_cfg.get("top_percent", 0.0)))
+
+    # -- references and threshold -------------------------------------------------------------
+    def references(self, images: list[Image.Image], class_name: str = "object", seed: int = 0) -> ReferenceSet:
+        """Memory bank and label-free threshold for a set of normal images (cached by content)."""
+        if not images:
+            raise EngineError("no reference images given")
+        key = _fingerprint(images) + f"|{class_name}|{seed}"
+        if key not in self._reference_cache:
+            if len(self._reference_cache) >= 16:
+                self._reference_cache.pop(next(iter(self._reference_cache)))
+            self._reference_cache[key] = self._build_references(images, class_name, seed)
+        return self._reference_cache[key]
+
+    def _new_bank(self, seed: int) -> MemoryBank:
+        cfg = self.bank_cfg
+        return MemoryBank(cfg["levels"], cfg.get("pool", 3), cfg.get("augmentations"), cfg.get("max_patches", 50_000), seed)
+
+    @torch.no_grad()
+    def _build_references(self, images: list[Image.Image], class_name: str, seed: int) -> ReferenceSet:
+        bank = self._new_bank(seed)
+        views = augment(images, bank.augmentations)
+        encoded = [self.encode(views[i:i + 8]) for i in range(0, len(views), 8)]
+        per_view = [[level[b:b + 1] for level in chunk.levels] for chunk in encoded for b in range(chunk.levels[0].shape[0])]
+        bank.fit_features(per_view)
+        bank.n_references = len(images)
+        normal = self._held_out_scores(images, per_view, class_name, seed)
+        threshold = float(normal.max() * float(self.threshold_cfg.get("margin", 1.1)))
+        return ReferenceSet(bank=bank, normal_scores=normal, threshold=threshold, n_images=len(images))
+
+    def _held_out_scores(self, images, per_view, class_name: str, seed: int) -> np.ndarray:
+        """Scores of normal views the bank has not seen: leave-one-out over references when there
+        are several, otherwise slightly shifted and rotated copies of the single reference."""
+        n_views = len(per_view) // len(images)
+        scores = []
+        if len(images) >= 2:
+            for held in range(len(images)):
+                others = [v for i, v in enumerate(per_view) if i // n_views != held]
+                bank = self._new_bank(seed).fit_features(others)
+                query = EncodedImages(levels=per_view[held * n_views], embedding=torch.empty(0))
+                scores.append(self._score_with_bank(query, bank, class_name))
+        else:
+            bank = self._new_bank(seed).fit_features(per_view)
+            for view in jittered_views(images[0]):
+                scores.append(self._score_with_bank(self.encode([view]), bank, class_name))
+        return np.asarray(scores, dtype=np.float64)
+
+    def _score_with_bank(self, encoded: EncodedImages, bank: MemoryBank, class_name: str) -> float:
+        text = self.text_maps(encoded, class_name) if encoded.embedding.numel() else None
+        return self.score(self.fuse(self.bank_maps(encoded, bank), text)[0])
+
+    def zero_shot_threshold(self) -> float:
+        return float(self.threshold_cfg.get("zero_shot", 0.5))
+
+    # -- the one call the assistant uses ------------------------------------------------------
+    def detect(self, image: Image.Image, references: list[Image.Image] | None = None, class_name: str = "object",
+               threshold: float | None = None) -> Detection:
+        encoded = self.encode([image])
+        reference_set = self.references(references, class_name) if references else None
+        small_map = self.maps(encoded, reference_set, class_name)[0]
+        score = self.score(small_map)
+        if threshold is None:
+            threshold = reference_set.threshold if reference_set else self.zero_shot_threshold()
+        width, height = image.size
+        full_map = to_image_size(small_map, width, height)
+        anomalous = bool(score > threshold)
+        regions = find_regions(full_map, threshold) if anomalous else []
+        if anomalous and not regions:
+            regions = find_regions(full_map, float(np.quantile(full_map, 0.995)))[:1]
+        return Detection(anomalous=anomalous, score=score, threshold=float(threshold), anomaly_map=full_map,
+                         regions=regions, image_size=(width, height),
+                         mode="few-shot" if reference_set else "zero-shot",
+                         n_references=len(references or []), class_name=class_name)
+
+
+def jittered_views(image: Image.Image) -> list[Image.Image]:
+    """Small misalignments a real second photo of the same part would have."""
+    width, height = image.size
+    shift = max(2, min(width, height) // 40)
+    views = []
+    for angle, dx, dy in ((2.0, shift, 0), (-2.0, 0, shift), (0.0, -shift, -shift), (1.0, shift, -shift)):
+        views.append(image.rotate(angle, resample=Image.BILINEAR, translate=(dx, dy), fillcolor=_border_colour(image)))
+    return views
+
+
+def _border_colour(image: Image.Image) -> tuple[int, int, int]:
+    array = np.asarray(image)
+    border = np.concatenate([array[0], array[-1], array[:, 0], array[:, -1]])
+    return tuple(int(v) for v in np.median(border, axis=0))
+
+
+def _fingerprint(images: list[Image.Image]) -> str:
+    digest = hashlib.sha1()
+    for image in images:
+        digest.update(f"{image.size}{image.mode}".encode())
+        digest.update(image.tobytes())
+    return digest.hexdigest()

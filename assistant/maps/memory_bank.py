@@ -1,0 +1,111 @@
+"""Few-shot map: distance of each query patch to the nearest patch of the normal reference images."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..encoders import Encoder
+
+AUGMENTATIONS = {
+    "identity": lambda im: im,
+    "hflip": lambda im: im.transpose(Image.FLIP_LEFT_RIGHT),
+    "vflip": lambda im: im.transpose(Image.FLIP_TOP_BOTTOM),
+    "rot90": lambda im: im.transpose(Image.ROTATE_90),
+    "rot180": lambda im: im.transpose(Image.ROTATE_180),
+    "rot270": lambda im: im.transpose(Image.ROTATE_270),
+}
+
+
+def augment(images: list[Image.Image], names: list[str]) -> list[Image.Image]:
+    unknown = set(names) - set(AUGMENTATIONS)
+    if unknown:
+        raise ValueError(f"unknown reference augmentations {sorted(unknown)}; choose from {sorted(AUGMENTATIONS)}")
+    return [AUGMENTATIONS[name](image) for image in images for name in names]
+
+
+def aggregate(level: torch.Tensor, pool: int) -> torch.Tensor:
+    """Average each patch with its neighbours so a patch describes a little context (PatchCore)."""
+    if pool <= 1:
+        return level
+    return F.avg_pool2d(level, pool, stride=1, padding=pool // 2, count_include_pad=False)
+
+
+def patches(level: torch.Tensor) -> torch.Tensor:
+    """B x C x h x w -> (B*h*w) x C, L2-normalised."""
+    return F.normalize(level.permute(0, 2, 3, 1).reshape(-1, level.shape[1]), dim=-1)
+
+
+def greedy_coreset(bank: torch.Tensor, size: int, seed: int = 0, projection_dim: int = 128) -> torch.Tensor:
+    """Pick `size` rows that cover the bank (k-centre greedy), on a random projection for speed."""
+    if bank.shape[0] <= size:
+        return bank
+    generator = torch.Generator().manual_seed(seed)
+    projected = bank
+    if bank.shape[1] > projection_dim:
+        projected = bank @ torch.randn(bank.shape[1], projection_dim, generator=generator) / projection_dim**0.5
+    chosen = [int(torch.randint(bank.shape[0], (1,), generator=generator))]
+    distance = torch.cdist(projected, projected[chosen[-1]:chosen[-1] + 1]).squeeze(1)
+    for _ in range(size - 1):
+        chosen.append(int(distance.argmax()))
+        distance = torch.minimum(distance, torch.cdist(projected, projected[chosen[-1]:chosen[-1] + 1]).squeeze(1))
+    return bank[torch.tensor(chosen)]
+
+
+def nearest_similarity(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Max cosine similarity of each query row to the bank, in chunks to bound memory.
+
+    An exact matrix product is the fast path on CPU and GPU alike at bank sizes a few-shot user
+    reaches; the coreset cap keeps it bounded, so no approximate index is needed.
+    """
+    best = torch.full((queries.shape[0],), -1.0, dtype=queries.dtype, device=queries.device)
+    for start in range(0, bank.shape[0], chunk):
+        best = torch.maximum(best, (queries @ bank[start:start + chunk].T).max(dim=1).values)
+    return best
+
+
+class MemoryBank:
+    """Per-level banks of L2-normalised reference patches."""
+
+    def __init__(self, levels: list[int], pool: int = 3, augmentations: list[str] | None = None,
+                 max_patches: int = 50_000, seed: int = 0):
+        self.levels = levels
+        self.pool = pool
+        self.augmentations = augmentations or ["identity"]
+        self.max_patches = max_patches
+        self.seed = seed
+        self.banks: list[torch.Tensor] = []
+        self.n_references = 0
+
+    @torch.no_grad()
+    def fit(self, encoder: Encoder, references: list[Image.Image], batch_size: int = 8) -> "MemoryBank":
+        views = augment(references, self.augmentations)
+        per_level: list[list[torch.Tensor]] = [[] for _ in self.levels]
+        for start in range(0, len(views), batch_size):
+            encoded = encoder.encode_images(views[start:start + batch_size])
+            for slot, level in enumerate(self.levels):
+                per_level[slot].append(patches(aggregate(encoded.levels[level], self.pool)))
+        self.banks = [greedy_coreset(torch.cat(chunks), self.max_patches, self.seed) for chunks in per_level]
+        self.n_references = len(references)
+        return self
+
+    def fit_features(self, levels_per_view: list[list[torch.Tensor]]) -> "MemoryBank":
+        """Build from already-encoded views (each a list of level tensors); used by evaluation caches."""
+        self.banks = [
+            greedy_coreset(torch.cat([patches(aggregate(view[level], self.pool)) for view in levels_per_view]),
+                           self.max_patches, self.seed)
+            for level in self.levels
+        ]
+        return self
+
+    @torch.no_grad()
+    def distance_maps(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """1 - max cosine similarity, per configured level, each B x h_l x w_l."""
+        if not self.banks:
+            raise RuntimeError("memory bank is empty: call fit() with reference images first")
+        maps = []
+        for level, bank in zip(self.levels, self.banks):
+            feature = aggregate(levels[level], self.pool)
+            b, _, h, w = feature.shape
+            maps.append((1.0 - nearest_similarity(patches(feature), bank)).reshape(b, h, w))
+        return maps

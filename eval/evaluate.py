@@ -1,0 +1,211 @@
+"""k-shot evaluation: for each seed draw K normal references, score every test image, report metrics.
+
+Test images are encoded once and reused across seeds (only the memory bank changes with the seed),
+so 5 seeds cost little more than one.
+"""
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from assistant.checkpoint import save_json
+from assistant.data import Split, discover
+from assistant.encoders import EncodedImages
+from assistant.engine import AnomalyEngine
+from assistant.images import ImageError, load_image, load_mask
+
+from . import metrics
+
+# Pixel metrics are computed with the longest side scaled to this, to bound memory on big sets.
+PIXEL_EVAL_SIDE = 256
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
+
+
+@dataclass
+class EncodedTest:
+    encoded: EncodedImages  # only the levels the memory bank reads; others None
+    text_map: torch.Tensor | None
+    size: tuple[int, int]
+    seconds: float
+
+
+def encode_tests(engine: AnomalyEngine, split: Split, class_name: str, batch_size: int, progress: bool) -> list[EncodedTest]:
+    keep = set(engine.bank_cfg["levels"])
+    out: list[EncodedTest] = []
+    samples = split.test
+    bar = tqdm(total=len(samples), desc=f"{split.name}: encode", disable=not progress, leave=False)
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start:start + batch_size]
+        images = [_load(sample.path) for sample in batch]
+        began = time.perf_counter()
+        encoded = engine.encode(images)
+        text = engine.text_maps(encoded, class_name)
+        per_image = (time.perf_counter() - began) / len(batch)
+        for b, image in enumerate(images):
+            levels = [level[b:b + 1] if i in keep else None for i, level in enumerate(encoded.levels)]
+            out.append(EncodedTest(EncodedImages(levels, encoded.embedding[b:b + 1]),
+                                   None if text is None else text[b:b + 1], image.size, per_image))
+        bar.update(len(batch))
+    bar.close()
+    return out
+
+
+def _load(path: Path):
+    try:
+        return load_image(path)
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from None
+
+
+def draw_references(split: Split, shots: int, seed: int) -> list[Path]:
+    if shots > len(split.train_good):
+        raise ValueError(f"{split.name}: {shots} shots asked but only {len(split.train_good)} normal training images")
+    rng = np.random.default_rng(seed)
+    return [split.train_good[i] for i in sorted(rng.choice(len(split.train_good), shots, replace=False))]
+
+
+def pixel_arrays(split: Split, maps: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    gts, preds = [], []
+    for sample, small in zip(split.test, maps):
+        width, height = _image_size(sample)
+        scale = PIXEL_EVAL_SIDE / max(width, height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        gts.append(load_mask(sample.mask_path, size) if sample.mask_path else np.zeros(size[::-1], bool))
+        preds.append(cv2.resize(small.astype(np.float32), size, interpolation=cv2.INTER_LINEAR))
+    return gts, preds
+
+
+def _image_size(sample) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(sample.path) as image:
+        return image.size
+
+
+def evaluate_split(engine: AnomalyEngine, split: Split, shots: int, seeds: list[int], class_name: str,
+                   batch_size: int = 8, progress: bool = True, csv_rows: list | None = None,
+                   split_defects: bool = False) -> dict[str, dict]:
+    tests = encode_tests(engine, split, class_name, batch_size, progress)
+    labels = np.array([s.label for s in split.test])
+    defects = np.array([s.defect for s in split.test])
+    per_seed: dict[str, list[dict]] = {}
+    ms = []
+    for seed in tqdm(seeds, desc=f"{split.name}: seeds", disable=not progress, leave=False):
+        references = engine.references([_load(p) for p in draw_references(split, shots, seed)], class_name, seed)
+        began = time.perf_counter()
+        maps = [engine.maps(t.encoded, references, class_name, t.text_map)[0] for t in tests]
+        scores = np.array([engine.score(m) for m in maps])
+        map_seconds = (time.perf_counter() - began) / len(tests)
+        ms.append(1000 * (map_seconds + np.mean([t.seconds for t in tests])))
+        gts, preds = pixel_arrays(split, maps) if split.has_masks else (None, None)
+        for name, subset in _subsets(defects, split_defects):
+            per_seed.setdefault(name, []).append(_metrics(labels[subset], scores[subset],
+                                                          [gts[i] for i in np.flatnonzero(subset)] if gts else None,
+                                                          [preds[i] for i in np.flatnonzero(subset)] if preds else None))
+        if csv_rows is not None:
+            for sample, score in zip(split.test, scores):
+                csv_rows.append([split.name, seed, str(sample.path), sample.label, sample.defect, f"{score:.6f}",
+                                 f"{references.threshold:.6f}", int(score > references.threshold)])
+    results = {}
+    for name, runs in per_seed.items():
+        key = split.name if name == "all" else f"{split.name}:{name}"
+        entry = {metric: _mean_std([run[metric] for run in runs]) for metric in METRIC_KEYS}
+        entry["ms_per_image"] = round(float(np.mean(ms)), 2)
+        entry["n_test"] = int(runs[0]["n_test"])
+        results[key] = entry
+    return results
+
+
+def _subsets(defects: np.ndarray, split_defects: bool):
+    yield "all", np.ones(len(defects), bool)
+    if split_defects:
+        for defect in sorted(set(defects) - {"good"}):
+            yield defect, (defects == "good") | (defects == defect)
+
+
+def _metrics(labels, scores, gts, preds) -> dict:
+    has_pixels = gts is not None and any(g.any() for g in gts)
+    return {
+        "image_auroc": metrics.image_auroc(labels, scores),
+        "image_f1_max": metrics.image_f1_max(labels, scores),
+        "pixel_auroc": metrics.pixel_auroc(gts, preds) if has_pixels else float("nan"),
+        "aupro": metrics.aupro(gts, preds) if has_pixels else float("nan"),
+        "n_test": len(labels),
+    }
+
+
+def _mean_std(values: list[float]) -> dict:
+    array = np.array(values, dtype=np.float64) * 100.0
+    if np.isnan(array).any():
+        return {"mean": None, "std": None}
+    return {"mean": round(float(array.mean()), 2), "std": round(float(array.std()), 2)}
+
+
+def run_evaluation(data: str, categories: list[str] | None, shots: int, seeds: int, output: Path | None,
+                   preset: str = "embedded", checkpoint_dir: str | None = None, csv_path: Path | None = None,
+                   class_name: str | None = None, batch_size: int = 8, split_defects: bool = False,
+                   overrides: dict | None = None, progress: bool | None = None) -> dict:
+    from assistant.config import load_preset
+
+    if shots < 1:
+        raise ValueError("--shots must be at least 1")
+    if seeds < 1:
+        raise ValueError("--seeds must be at least 1")
+    splits = discover(data, categories)
+    progress = sys.stderr.isatty() if progress is None else progress
+    config = load_preset(preset, overrides)
+    engine = AnomalyEngine(config, checkpoint_dir)
+    seed_list = list(range(seeds))
+    csv_rows: list | None = [] if csv_path else None
+    results = {}
+    for split in splits:
+        name = class_name or split.name.replace("_", " ")
+        results.update(evaluate_split(engine, split, shots, seed_list, name, batch_size, progress, csv_rows, split_defects))
+    report = {
+        "config": {
+            "data": str(data), "categories": [s.name for s in splits], "shots": shots, "seeds": seed_list,
+            "preset": config.get("name", str(preset)), "encoder": config["encoder"], "memory_bank": config["memory_bank"],
+            "anomaly_map": config["anomaly_map"], "text_map_trained": engine.text_map.trained,
+            "checkpoint": str(engine.checkpoint_dir) if engine.checkpoint_dir else None,
+            "torch_threads": torch.get_num_threads(),
+            "pixel_eval_side": PIXEL_EVAL_SIDE,
+        },
+        "results": results,
+    }
+    if output:
+        save_json(report, output)
+    if csv_path:
+        lines = [["category", "seed", "file", "label", "defect", "score", "threshold", "predicted"]] + csv_rows
+        _write_csv(csv_path, lines)
+    return report
+
+
+def _write_csv(path: Path, rows: list[list]) -> None:
+    import io
+
+    from assistant.checkpoint import atomic_write_bytes
+
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    atomic_write_bytes(Path(path), buffer.getvalue().encode("utf-8"))
+
+
+def format_table(report: dict) -> str:
+    header = f"{'category':<24}{'img AUROC':>14}{'pix AUROC':>14}{'AUPRO':>14}{'F1-max':>14}{'ms/img':>9}{'n':>6}"
+    lines = [header, "-" * len(header)]
+    for name, entry in report["results"].items():
+        cells = [_cell(entry[k]) for k in METRIC_KEYS]
+        lines.append(f"{name:<24}" + "".join(f"{c:>14}" for c in cells) + f"{entry['ms_per_image']:>9.1f}{entry['n_test']:>6}")
+    return "\n".join(lines)
+
+
+def _cell(value: dict) -> str:
+    return "n/a" if value["mean"] is None else f"{value['mean']:.1f}±{value['std']:.1f}"

