@@ -28,7 +28,7 @@ from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
-from .commands import check_threshold, load_assistant, one_line  # noqa: E402
+from .commands import check_threshold, load_assistant, load_references, one_line  # noqa: E402
 from .config import available_presets, load_preset  # noqa: E402
 
 log = logging.getLogger("assistant.app")
@@ -43,8 +43,7 @@ OVERLAY_MAX_AGE_S = 3600
 CSS = """
 #title h1 { margin-bottom: 0; }
 #title p { margin-top: 4px; }
-.cpu-note { font-size: 0.9em; padding: 6px 10px; border-radius: 6px; background: var(--block-background-fill);
-            border: 1px dashed var(--border-color-primary); }
+.cpu-note { font-size: 0.9em; color: var(--body-text-color-subdued); }
 .verdict { border-radius: 10px; padding: 12px 14px; border: 1px solid var(--border-color-primary); }
 .verdict .badge { display: inline-block; font-weight: 700; letter-spacing: .04em; padding: 3px 12px;
                   border-radius: 999px; font-size: 0.95em; }
@@ -58,7 +57,7 @@ CSS = """
 .verdict .small { font-size: 0.85em; color: var(--body-text-color-subdued); }
 """
 
-INTRO = """# 🔍 Anomaly Assistant
+INTRO = """# Anomaly Assistant
 Visual inspection with a conversation. **1.** Upload a photo of the part (or use the webcam / paste).
 **2.** Add one or more photos of *known-good* parts of the same kind as references (recommended: the decision
 threshold is calibrated on them). **3.** Ask a question, e.g. *"Is there any anomaly?"*, *"Where is it?"*,
@@ -190,6 +189,15 @@ def _save_overlay(image, query) -> str:
     return str(path)
 
 
+def _problem(exc: Exception) -> str:
+    """One line for the user; the server log gets the traceback only for unexpected errors."""
+    if isinstance(exc, (ValueError, OSError)):  # ImageError, EngineError, ModelLoadError, bad values
+        log.warning("request refused: %s", one_line(exc))
+        return one_line(exc)
+    log.error("internal error while answering", exc_info=exc)
+    return f"internal error: {one_line(exc)}"
+
+
 def verdict_html(detection, seconds: float | None = None) -> str:
     if detection is None:
         return EMPTY_VERDICT
@@ -231,6 +239,7 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
             raise ValueError(f"max new tokens must be between 1 and 1024, got {tokens}")
         if image is not None and not isinstance(image, (str, Path)):
             image = _paths([image])[0]
+        refs = load_references(refs)  # decoded here so a broken one is named by its file name
         assistant = models.get(preset)
         return assistant.chat(image, message, refs, history, class_name, threshold, tokens)
 
@@ -241,21 +250,31 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
                 return fn(*args)
             except gr.Error:
                 raise
-            except (ValueError, OSError) as exc:
-                log.warning("request refused: %s", one_line(exc))
-                raise gr.Error(one_line(exc), print_exception=False) from None
-            except Exception as exc:  # noqa: BLE001 - the user gets one line, the log gets the traceback
-                log.exception("internal error while answering")
-                raise gr.Error(f"internal error: {one_line(exc)}", print_exception=False) from None
+            except Exception as exc:  # noqa: BLE001 - one line for the user, the server keeps serving
+                raise gr.Error(_problem(exc), print_exception=False) from None
         return wrapper
 
-    @guarded
     def chat(image, message, references, history, class_name, threshold, preset, shots, max_new_tokens):
+        """What the page calls. A problem is answered in the chat (and left out of the session's history,
+        so the language model never sees it) instead of as an error overlay on every output."""
         started = time.time()
-        result = run(image, message, references, history, class_name, threshold, preset, shots, max_new_tokens)
-        heatmap = result.heatmap
-        download = (gr.DownloadButton("⬇ Download overlay PNG", value=_save_overlay(heatmap, image), interactive=True)
-                    if heatmap is not None else gr.DownloadButton(value=None, interactive=False))
+        try:
+            result = run(image, message, references, history, class_name, threshold, preset, shots, max_new_tokens)
+            heatmap = result.heatmap
+            overlay = _save_overlay(heatmap, image) if heatmap is not None else None
+        except Exception as exc:  # noqa: BLE001 - one line for the user, the server keeps serving
+            problem = _problem(exc)
+            try:
+                shown = _check_history(history)
+            except ValueError:
+                shown = []
+            asked = " ".join(str(message or "").split())[:300] or "(no question)"
+            shown = shown + [{"role": "user", "content": asked},
+                             {"role": "assistant", "content": f"⚠ Could not answer: {problem}"}]
+            box = f"<div class='verdict none' id='verdict-problem'>Could not answer: {html.escape(problem)}</div>"
+            return (shown, gr.skip(), None, box, gr.DownloadButton(value=None, interactive=False), gr.skip())
+        download = (gr.DownloadButton("⬇ Download overlay PNG", value=overlay, interactive=True)
+                    if overlay is not None else gr.DownloadButton(value=None, interactive=False))
         log.info("answered in %.1f s (%s)", time.time() - started,
                  "no image" if result.detection is None else f"score {result.detection.score:.4f}")
         return (result.history, result.history, heatmap, verdict_html(result.detection, time.time() - started),
@@ -283,7 +302,7 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
     with gr.Blocks(title="Anomaly Assistant", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(INTRO, elem_id="title")
         if models.device == "cpu":
-            gr.Markdown("⏱ Running on **CPU**: the first question about a new image or a new set of references "
+            gr.Markdown("Running on **CPU**: the first question about a new image or a new set of references "
                         "takes roughly 10-60 s (reference features and threshold are computed, then the language "
                         "model writes); follow-up questions about the same image take a few seconds.",
                         elem_classes=["cpu-note"], elem_id="cpu-note")
@@ -292,7 +311,7 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
             with gr.Column(scale=4, min_width=300):
                 image = QueryImage(label="Query image", type="filepath", image_mode=None,
                                    sources=["upload", "webcam", "clipboard"], height=300, elem_id="query-image")
-                references = gr.File(label="Known-good reference images (optional, recommended)", file_count="multiple",
+                references = gr.File(label="Known-good references", file_count="multiple",
                                      file_types=["image"], height=120, elem_id="references")
                 class_name = gr.Textbox(value="object", label="Object class", max_lines=1,
                                         info="What the part is, e.g. tire, textile, metal plate", elem_id="class-name")

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 
 log = logging.getLogger("assistant.cli")
@@ -58,8 +59,12 @@ def preset_problem(preset: dict) -> str | None:
 def load_assistant(preset: str = "embedded", checkpoint: str | Path | None = None, use_llm: bool = True,
                    load_llm: bool = True):
     """Build the Assistant for a preset; any failure becomes one ModelLoadError line."""
+    import warnings
+
     from .config import load_preset
 
+    # transformers warns about generation options on every call; one line per answer drowns the progress bar
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"transformers\.generation")
     data = load_preset(preset)  # FileNotFoundError (exit 2) names the available presets
     problem = preset_problem(data)
     if problem:
@@ -103,9 +108,9 @@ def register_ask(sub) -> None:
 
 
 def run_ask(args) -> int:
-    from .checkpoint import atomic_write_bytes
     from .images import load_image
 
+    logging.getLogger("assistant").setLevel(logging.INFO)  # our progress lines on stderr; stdout stays clean
     threshold = check_threshold(args.threshold)
     if args.heatmap is not None and args.heatmap.is_dir():
         raise ValueError(f"--heatmap {args.heatmap}: is a folder; give a file path such as overlay.png")
@@ -114,9 +119,13 @@ def run_ask(args) -> int:
     query = load_image(args.image)
     references = load_references(args.reference)
 
+    from .checkpoint import atomic_write_bytes  # imports torch: only once the input is known to be good
+
+    started = time.time()
     # Libraries sometimes print; keep stdout for the answer (and parseable with --json).
     with contextlib.redirect_stdout(sys.stderr):
         assistant = load_assistant(args.preset, args.checkpoint, use_llm=not args.no_llm)
+        log.info("models loaded in %.1f s", time.time() - started)
         result = assistant.chat(query, args.question, references, class_name=args.class_name,
                                 threshold=threshold, max_new_tokens=args.max_new_tokens)
         if args.heatmap is not None and result.heatmap is not None:

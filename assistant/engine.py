@@ -18,6 +18,8 @@ from . import checkpoint
 from .config import load_preset, resolve_path
 from .encoders import EncodedImages, create_encoder
 from .maps.anomaly_map import find_regions, image_score, merge_levels, smooth, to_image_size
+from .foreground import foreground_box
+from .maps.global_stats import GlobalStats
 from .maps.memory_bank import MemoryBank, augment
 from .maps.text_map import TextMap
 from .result import Detection
@@ -34,6 +36,7 @@ class ReferenceSet:
     """Normal references turned into a memory bank plus a label-free threshold."""
 
     bank: MemoryBank
+    stats: GlobalStats | None
     normal_scores: np.ndarray  # scores of held-out normal views, used for the threshold
     threshold: float
     n_images: int
@@ -61,8 +64,18 @@ class AnomalyEngine:
         self._reference_cache: dict[str, ReferenceSet] = {}
 
     # -- features -----------------------------------------------------------------------------
+    def prepare(self, image: Image.Image) -> tuple[Image.Image, tuple[int, int, int, int]]:
+        """The view the encoder sees and its box in the image: with crop 'auto', an object on a plain
+        background is cropped to its bounding box so the encoder's resolution goes to the part."""
+        full = (0, 0, *image.size)
+        if self.map_cfg.get("crop", "none") != "auto":
+            return image, full
+        box = foreground_box(image)
+        return (image.crop(box), box) if box else (image, full)
+
     @torch.no_grad()
     def encode(self, images: list[Image.Image]) -> EncodedImages:
+        """Encode already-prepared views."""
         return self.encoder.encode_images(images)
 
     @property
@@ -95,15 +108,23 @@ class AnomalyEngine:
             fused = bank_map + float(self.map_cfg.get("text_weight", 0.5)) * text_map
         return smooth(fused, float(self.map_cfg.get("sigma", 4.0)))
 
-    def maps(self, encoded: EncodedImages, references: ReferenceSet | None, class_name: str,
-             text_maps: torch.Tensor | None = None) -> np.ndarray:
+    def assess(self, encoded: EncodedImages, references: ReferenceSet | None, class_name: str,
+               text_maps: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B x h x w smoothed maps, B image scores, B global terms).
+
+        score = map peak + global_weight x texture-statistics shift; the global term is part of
+        the score so that regions are where the map exceeds `threshold - global term`.
+        """
         if text_maps is None:
             text_maps = self.text_maps(encoded, class_name)
         bank_map = self.bank_maps(encoded, references.bank) if references is not None else None
-        return self.fuse(bank_map, text_maps)
-
-    def score(self, anomaly_map: np.ndarray) -> float:
-        return image_score(anomaly_map, float(self.map_cfg.get("top_percent", 0.0)))
+        maps = self.fuse(bank_map, text_maps)
+        global_terms = np.zeros(len(maps))
+        if references is not None and references.stats is not None:
+            global_terms = float(self.map_cfg.get("global_weight", 0.0)) * references.stats.distance(encoded.levels).numpy()
+        top = float(self.map_cfg.get("top_percent", 0.0))
+        scores = np.array([image_score(m, top) for m in maps]) + global_terms
+        return maps, scores, global_terms
 
     # -- references and threshold -------------------------------------------------------------
     def references(self, images: list[Image.Image], class_name: str = "object", seed: int = 0) -> ReferenceSet:
@@ -119,19 +140,29 @@ class AnomalyEngine:
 
     def _new_bank(self, seed: int) -> MemoryBank:
         cfg = self.bank_cfg
-        return MemoryBank(cfg["levels"], cfg.get("pool", 3), cfg.get("augmentations"), cfg.get("max_patches", 50_000), seed)
+        return MemoryBank(cfg["levels"], cfg.get("pool", 3), cfg.get("augmentations"), cfg.get("max_patches", 50_000),
+                          seed, cfg.get("self_radius", 0))
+
+    def _new_stats(self, per_view: list, n_views: int) -> GlobalStats | None:
+        levels = self.map_cfg.get("global_levels", [])
+        if not levels or not self.map_cfg.get("global_weight", 0.0):
+            return None
+        return GlobalStats(levels).fit(per_view[::n_views])  # the unaugmented view of each reference
 
     @torch.no_grad()
     def _build_references(self, images: list[Image.Image], class_name: str, seed: int) -> ReferenceSet:
+        images = [self.prepare(image)[0] for image in images]
         bank = self._new_bank(seed)
         views = augment(images, bank.augmentations)
         encoded = [self.encode(views[i:i + 8]) for i in range(0, len(views), 8)]
         per_view = [[level[b:b + 1] for level in chunk.levels] for chunk in encoded for b in range(chunk.levels[0].shape[0])]
         bank.fit_features(per_view)
         bank.n_references = len(images)
+        n_views = len(bank.augmentations)
         normal = self._held_out_scores(images, per_view, class_name, seed)
         threshold = float(normal.max() * float(self.threshold_cfg.get("margin", 1.1)))
-        return ReferenceSet(bank=bank, normal_scores=normal, threshold=threshold, n_images=len(images))
+        return ReferenceSet(bank=bank, stats=self._new_stats(per_view, n_views), normal_scores=normal,
+                            threshold=threshold, n_images=len(images))
 
     def _held_out_scores(self, images, per_view, class_name: str, seed: int) -> np.ndarray:
         """Scores of normal views the bank has not seen: leave-one-out over references when there
@@ -141,18 +172,16 @@ class AnomalyEngine:
         if len(images) >= 2:
             for held in range(len(images)):
                 others = [v for i, v in enumerate(per_view) if i // n_views != held]
-                bank = self._new_bank(seed).fit_features(others)
+                held_out = ReferenceSet(self._new_bank(seed).fit_features(others), self._new_stats(others, n_views),
+                                        np.zeros(0), 0.0, len(images) - 1)
                 query = EncodedImages(levels=per_view[held * n_views], embedding=torch.empty(0))
-                scores.append(self._score_with_bank(query, bank, class_name))
+                scores.append(float(self.assess(query, held_out, class_name)[1][0]))
         else:
-            bank = self._new_bank(seed).fit_features(per_view)
+            alone = ReferenceSet(self._new_bank(seed).fit_features(per_view), self._new_stats(per_view, n_views),
+                                 np.zeros(0), 0.0, 1)
             for view in jittered_views(images[0]):
-                scores.append(self._score_with_bank(self.encode([view]), bank, class_name))
+                scores.append(float(self.assess(self.encode([view]), alone, class_name)[1][0]))
         return np.asarray(scores, dtype=np.float64)
-
-    def _score_with_bank(self, encoded: EncodedImages, bank: MemoryBank, class_name: str) -> float:
-        text = self.text_maps(encoded, class_name) if encoded.embedding.numel() else None
-        return self.score(self.fuse(self.bank_maps(encoded, bank), text)[0])
 
     def zero_shot_threshold(self) -> float:
         return float(self.threshold_cfg.get("zero_shot", 0.5))
@@ -160,22 +189,33 @@ class AnomalyEngine:
     # -- the one call the assistant uses ------------------------------------------------------
     def detect(self, image: Image.Image, references: list[Image.Image] | None = None, class_name: str = "object",
                threshold: float | None = None) -> Detection:
-        encoded = self.encode([image])
+        view, box = self.prepare(image)
+        encoded = self.encode([view])
         reference_set = self.references(references, class_name) if references else None
-        small_map = self.maps(encoded, reference_set, class_name)[0]
-        score = self.score(small_map)
+        maps, scores, global_terms = self.assess(encoded, reference_set, class_name)
+        score = float(scores[0])
         if threshold is None:
             threshold = reference_set.threshold if reference_set else self.zero_shot_threshold()
         width, height = image.size
-        full_map = to_image_size(small_map, width, height)
+        full_map = place_map(maps[0], box, width, height)
         anomalous = bool(score > threshold)
-        regions = find_regions(full_map, threshold) if anomalous else []
+        regions = find_regions(full_map, threshold - float(global_terms[0])) if anomalous else []
         if anomalous and not regions:
             regions = find_regions(full_map, float(np.quantile(full_map, 0.995)))[:1]
         return Detection(anomalous=anomalous, score=score, threshold=float(threshold), anomaly_map=full_map,
                          regions=regions, image_size=(width, height),
                          mode="few-shot" if reference_set else "zero-shot",
                          n_references=len(references or []), class_name=class_name)
+
+
+def place_map(small_map: np.ndarray, box: tuple[int, int, int, int], width: int, height: int) -> np.ndarray:
+    """The map of a (possibly cropped) view at its place in the full image; outside the crop is 0."""
+    x0, y0, x1, y1 = box
+    if (x0, y0, x1, y1) == (0, 0, width, height):
+        return to_image_size(small_map, width, height)
+    full = np.zeros((height, width), np.float32)
+    full[y0:y1, x0:x1] = to_image_size(small_map, x1 - x0, y1 - y0)
+    return full
 
 
 def jittered_views(image: Image.Image) -> list[Image.Image]:

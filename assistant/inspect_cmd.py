@@ -16,11 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .assistant import DEFAULT_QUESTION
-from .checkpoint import atomic_write_bytes
 from .commands import check_threshold, load_assistant, load_references, one_line, png_bytes
 from .data.datasets import IMAGE_SUFFIXES, is_image_file
-from .engine import EngineError
 from .images import ImageError, load_image
 from .report_html import render_report, thumbnail_data_uri
 
@@ -77,6 +74,7 @@ def _overlay_name(relative: str) -> str:
 def run_inspect(args) -> int:
     from tqdm import tqdm
 
+    logging.getLogger("assistant").setLevel(logging.INFO)
     folder = Path(args.folder)
     out = Path(args.out)
     threshold = check_threshold(args.threshold)
@@ -85,6 +83,8 @@ def run_inspect(args) -> int:
         raise ValueError(f"--out {out}: exists and is not a folder")
     references = load_references(args.reference)
     out.mkdir(parents=True, exist_ok=True)
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
 
     started = time.time()
     with contextlib.redirect_stdout(sys.stderr):
@@ -94,9 +94,11 @@ def run_inspect(args) -> int:
     rows: list[Row] = []
     interrupted = False
     try:
-        with contextlib.redirect_stdout(sys.stderr):
-            for path in tqdm(files, desc="inspecting", unit="img", file=sys.stderr, dynamic_ncols=True):
+        with contextlib.redirect_stdout(sys.stderr), \
+                tqdm(total=len(files), desc="inspecting", unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
+            for path in files:  # the bar closes (ends its line) even when an error stops the run
                 rows.append(_inspect_one(assistant, path, folder, out, references, args, threshold))
+                bar.update(1)
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: writing the report for the %d of %d images done", len(rows), len(files))
@@ -118,6 +120,10 @@ def run_inspect(args) -> int:
 
 
 def _inspect_one(assistant, path: Path, folder: Path, out: Path, references, args, threshold) -> Row:
+    from .assistant import DEFAULT_QUESTION
+    from .checkpoint import atomic_write_bytes
+    from .engine import EngineError
+
     relative = path.relative_to(folder).as_posix()
     row = Row(file=relative)
     try:
@@ -146,6 +152,8 @@ def _inspect_one(assistant, path: Path, folder: Path, out: Path, references, arg
 
 
 def write_reports(out: Path, rows: list[Row], summary: dict) -> None:
+    from .checkpoint import atomic_write_bytes
+
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()

@@ -32,7 +32,7 @@ table { border-collapse:collapse; width:100%; background:#fff; border:1px solid 
 th, td { padding:8px 10px; border-bottom:1px solid var(--line); text-align:left; vertical-align:top; font-size:14px; }
 th { background:#eef0f3; font-weight:600; position:sticky; top:0; }
 th.sort { cursor:pointer; user-select:none; } th.sort:after { content:" \\2195"; color:#9aa3ae; }
-td.thumb img { width:120px; height:auto; border-radius:4px; display:block; }
+td.thumb img { width:96px; height:auto; border-radius:4px; display:block; }
 td.file { font-family: ui-monospace, Menlo, Consolas, monospace; font-size:13px; word-break:break-all; max-width:220px; }
 td.answer { max-width:460px; color:#333; }
 .badge { display:inline-block; padding:2px 9px; border-radius:999px; font-weight:600; font-size:12px; white-space:nowrap; }

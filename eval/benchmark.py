@@ -36,10 +36,10 @@ def _timed(fn, repeats: int) -> float:
 
 
 def stage_times(engine: AnomalyEngine, images: list[Image.Image], references, batch: int, repeats: int) -> dict:
-    chunk = images[:batch]
+    chunk = [engine.prepare(image)[0] for image in images[:batch]]
     encoded = engine.encode(chunk)
     features = _timed(lambda: engine.encode(chunk), repeats) / batch
-    maps = _timed(lambda: [engine.score(m) for m in engine.maps(encoded, references, "object")], repeats) / batch
+    maps = _timed(lambda: engine.assess(encoded, references, "object"), repeats) / batch
     return {"features_ms": 1000 * features, "map_ms": 1000 * maps, "total_ms": 1000 * (features + maps)}
 
 
@@ -64,7 +64,7 @@ def run_benchmark(preset: str = "embedded", checkpoint_dir: str | None = None, f
     print(f"{'shots':>6}{'bank patches':>15}{'map+score ms/img':>19}")
     for shots in SHOTS:
         refs = engine.references(pool[:shots])
-        ms = 1000 * _timed(lambda: engine.score(engine.maps(encoded, refs, "object")[0]), repeats)
+        ms = 1000 * _timed(lambda: engine.assess(encoded, refs, "object"), repeats)
         patches = sum(int(b.shape[0]) for b in refs.bank.banks)
         report["bank"][shots] = {"patches": patches, "map_ms": ms}
         print(f"{shots:>6}{patches:>15}{ms:>19.1f}")

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from assistant.checkpoint import save_json
 from assistant.data import Split, discover
 from assistant.encoders import EncodedImages
-from assistant.engine import AnomalyEngine
+from assistant.engine import AnomalyEngine, place_map
 from assistant.images import ImageError, load_image, load_mask
 
 from . import metrics
@@ -31,14 +31,15 @@ METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
 
 @dataclass
 class EncodedTest:
-    encoded: EncodedImages  # only the levels the memory bank reads; others None
+    encoded: EncodedImages  # only the levels the memory bank and global statistics read; others None
     text_map: torch.Tensor | None
     size: tuple[int, int]
+    box: tuple[int, int, int, int]  # where the encoded view sits in the image (crop)
     seconds: float
 
 
 def encode_tests(engine: AnomalyEngine, split: Split, class_name: str, batch_size: int, progress: bool) -> list[EncodedTest]:
-    keep = set(engine.bank_cfg["levels"])
+    keep = set(engine.bank_cfg["levels"]) | set(engine.map_cfg.get("global_levels", []))
     out: list[EncodedTest] = []
     samples = split.test
     bar = tqdm(total=len(samples), desc=f"{split.name}: encode", disable=not progress, leave=False)
@@ -46,13 +47,14 @@ def encode_tests(engine: AnomalyEngine, split: Split, class_name: str, batch_siz
         batch = samples[start:start + batch_size]
         images = [_load(sample.path) for sample in batch]
         began = time.perf_counter()
-        encoded = engine.encode(images)
+        prepared = [engine.prepare(image) for image in images]
+        encoded = engine.encode([view for view, _ in prepared])
         text = engine.text_maps(encoded, class_name)
         per_image = (time.perf_counter() - began) / len(batch)
         for b, image in enumerate(images):
             levels = [level[b:b + 1] if i in keep else None for i, level in enumerate(encoded.levels)]
             out.append(EncodedTest(EncodedImages(levels, encoded.embedding[b:b + 1]),
-                                   None if text is None else text[b:b + 1], image.size, per_image))
+                                   None if text is None else text[b:b + 1], image.size, prepared[b][1], per_image))
         bar.update(len(batch))
     bar.close()
     return out
@@ -75,19 +77,12 @@ def draw_references(split: Split, shots: int, seed: int) -> list[Path]:
 def pixel_arrays(split: Split, maps: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     gts, preds = [], []
     for sample, small in zip(split.test, maps):
-        width, height = _image_size(sample)
+        height, width = small.shape
         scale = PIXEL_EVAL_SIDE / max(width, height)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         gts.append(load_mask(sample.mask_path, size) if sample.mask_path else np.zeros(size[::-1], bool))
         preds.append(cv2.resize(small.astype(np.float32), size, interpolation=cv2.INTER_LINEAR))
     return gts, preds
-
-
-def _image_size(sample) -> tuple[int, int]:
-    from PIL import Image
-
-    with Image.open(sample.path) as image:
-        return image.size
 
 
 def evaluate_split(engine: AnomalyEngine, split: Split, shots: int, seeds: list[int], class_name: str,
@@ -99,10 +94,13 @@ def evaluate_split(engine: AnomalyEngine, split: Split, shots: int, seeds: list[
     per_seed: dict[str, list[dict]] = {}
     ms = []
     for seed in tqdm(seeds, desc=f"{split.name}: seeds", disable=not progress, leave=False):
-        references = engine.references([_load(p) for p in draw_references(split, shots, seed)], class_name, seed)
+        references = (engine.references([_load(p) for p in draw_references(split, shots, seed)], class_name, seed)
+                      if shots else None)
+        threshold = references.threshold if references else engine.zero_shot_threshold()
         began = time.perf_counter()
-        maps = [engine.maps(t.encoded, references, class_name, t.text_map)[0] for t in tests]
-        scores = np.array([engine.score(m) for m in maps])
+        assessed = [engine.assess(t.encoded, references, class_name, t.text_map) for t in tests]
+        maps = [place_map(m[0], t.box, *t.size) for (m, _, _), t in zip(assessed, tests)]
+        scores = np.array([float(s[0]) for _, s, _ in assessed])
         map_seconds = (time.perf_counter() - began) / len(tests)
         ms.append(1000 * (map_seconds + np.mean([t.seconds for t in tests])))
         gts, preds = pixel_arrays(split, maps) if split.has_masks else (None, None)
@@ -113,7 +111,7 @@ def evaluate_split(engine: AnomalyEngine, split: Split, shots: int, seeds: list[
         if csv_rows is not None:
             for sample, score in zip(split.test, scores):
                 csv_rows.append([split.name, seed, str(sample.path), sample.label, sample.defect, f"{score:.6f}",
-                                 f"{references.threshold:.6f}", int(score > references.threshold)])
+                                 f"{threshold:.6f}", int(score > threshold)])
     results = {}
     for name, runs in per_seed.items():
         key = split.name if name == "all" else f"{split.name}:{name}"
@@ -155,8 +153,8 @@ def run_evaluation(data: str, categories: list[str] | None, shots: int, seeds: i
                    overrides: dict | None = None, progress: bool | None = None) -> dict:
     from assistant.config import load_preset
 
-    if shots < 1:
-        raise ValueError("--shots must be at least 1")
+    if shots < 0:
+        raise ValueError("--shots must be 0 (zero-shot, trained text map only) or more")
     if seeds < 1:
         raise ValueError("--seeds must be at least 1")
     splits = discover(data, categories)

@@ -96,6 +96,32 @@ def make_corpus(folder: Path) -> dict[str, Case]:
     return cases
 
 
+def make_textile_set(folder: Path, n: int = 4) -> dict[str, list[Path]]:
+    """Real normal images from the MIT textile set (conformal-clip-data) and copies with a painted dark
+    blob (an obvious defect), plus one normal reference: {"reference": [p], "normal": [...], "defect": [...]}."""
+    import conformal_clip_data as ccd
+    from PIL import ImageDraw
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    nominal = sorted(Path(ccd.nominal_dir()).glob("*.jpg"))
+    out: dict[str, list[Path]] = {"reference": [], "normal": [], "defect": []}
+    ref = folder / "reference_good.png"
+    Image.open(nominal[-1]).convert("RGB").save(ref)
+    out["reference"].append(ref)
+    for i in range(n):
+        image = Image.open(nominal[10 + i]).convert("RGB")
+        normal = folder / f"normal_{i}.png"
+        image.save(normal)
+        out["normal"].append(normal)
+        x, y = 40 + 40 * (i % 4), 60 + 25 * (i % 4)
+        ImageDraw.Draw(image).ellipse([x, y, x + 28, y + 20], fill=(20, 20, 20))
+        defect = folder / f"defect_{i}.png"
+        image.save(defect)
+        out["defect"].append(defect)
+    return out
+
+
 LONG_MESSAGE = ("Is there any anomaly in the image? " * 300)[:10_000]
 
 

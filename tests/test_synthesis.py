@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from assistant.foreground import estimate_foreground
 from assistant.images import load_image
 from training.synthesis import (
     METHODS,
     AnomalySynthesizer,
     SynthesisConfig,
-    estimate_foreground,
     load_synthesis_config,
     main,
     perlin_noise,

@@ -172,8 +172,10 @@ def test_run_with_llm_saves_bridge_and_lora(small_data, tmp_path):
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(small_data, tmp_path):
     out = tmp_path / "ddp"
-    launcher = [PY, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu"]
+    # accelerate 1.x: `--cpu --num_processes 2` starts ONE process (simple launcher); `--multi_gpu` on a
+    # machine without CUDA starts 2 torchrun workers, and the trainer joins them in a gloo group (cpu=True).
+    launcher = [PY, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no"]
     train(["--data", str(small_data), "--class-name", "textile", "--steps", "4", "--save-every", "2",
            "--out", str(out), *TINY], launcher=launcher)
     meta = json.loads((out / "meta.json").read_text())

@@ -34,6 +34,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from assistant.foreground import as_rgb_array, estimate_foreground, fill_holes
+
 METHODS = ("poisson", "cutpaste", "perlin")
 FOREGROUND_MODES = ("auto", "none")
 CONFIG_PATH = Path(__file__).with_name("synthesis.json")
@@ -138,76 +140,11 @@ def load_synthesis_config(class_name: str | None, path: Path | None = None) -> S
 # --------------------------------------------------------------------------------------------------
 # Helpers: arrays, foreground, Perlin noise
 # --------------------------------------------------------------------------------------------------
-def _as_rgb_array(image) -> np.ndarray:
-    if isinstance(image, Image.Image):
-        return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(array[:, :, :3].astype(np.uint8))
-
-
 def _is_gray(array: np.ndarray) -> bool:
     step = max(1, array.shape[0] // 64)
     sample = array[::step, ::step].astype(np.int16)
     return (np.abs(sample[..., 0] - sample[..., 1]).mean() < 2.0
             and np.abs(sample[..., 1] - sample[..., 2]).mean() < 2.0)
-
-
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill regions of False that do not touch the border."""
-    padded = np.pad(mask.astype(np.uint8), 1)
-    flood = padded.copy()
-    cv2.floodFill(flood, None, (0, 0), 1)
-    holes = flood == 0
-    return mask | holes[1:-1, 1:-1]
-
-
-def estimate_foreground(image, max_side: int = 128) -> np.ndarray:
-    """A rough boolean object mask (HxW); all True when there is no clear object on a background.
-
-    On a downscaled, blurred copy: a pixel is foreground when its Lab colour is far from the median
-    border colour, or its local contrast is high, compared with what the border itself shows. The
-    largest connected components are kept and holes filled (the small-scale filters make the mask
-    reach a little past the object's edge, a slight dilation). Falls back
-    to the whole image when the border is not a plain background (a texture) or the object is tiny.
-    """
-    array = _as_rgb_array(image)
-    height, width = array.shape[:2]
-    everything = np.ones((height, width), dtype=bool)
-    scale = min(1.0, max_side / max(height, width))
-    small_w, small_h = max(8, round(width * scale)), max(8, round(height * scale))
-    small = cv2.resize(array, (small_w, small_h), interpolation=cv2.INTER_AREA)
-    lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32)
-    lab = cv2.GaussianBlur(lab, (3, 3), 0.6)
-    band = max(1, round(0.04 * min(small_h, small_w)))
-    border = np.zeros((small_h, small_w), dtype=bool)
-    border[:band], border[-band:], border[:, :band], border[:, -band:] = True, True, True, True
-    reference = np.median(lab[border], axis=0)
-    distance = np.sqrt(((lab - reference) ** 2).sum(axis=2))
-    lightness = lab[:, :, 0]
-    mean = cv2.blur(lightness, (3, 3))
-    contrast = np.sqrt(np.maximum(cv2.blur(lightness * lightness, (3, 3)) - mean * mean, 0.0))
-    border_distance = float(np.percentile(distance[border], 95))
-    if border_distance > 15.0:
-        return everything  # the border is not a plain background: a texture or a cropped object
-    distance_threshold = max(2.0 * border_distance + 1.5, 5.0)
-    contrast_threshold = max(2.5 * float(np.percentile(contrast[border], 95)), 0.8)
-    fg = ((distance > distance_threshold) | (contrast > contrast_threshold)).astype(np.uint8)
-    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
-    if count <= 1:
-        return everything
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    keep = 1 + np.flatnonzero(areas >= 0.2 * areas.max())
-    fg = _fill_holes(np.isin(labels, keep))
-    # The blur and the 3x3 contrast window already reach about a pixel past the object's edge.
-    fg = fg.astype(np.uint8)
-    if not 0.02 <= fg.mean() <= 0.97:
-        return everything
-    full = cv2.resize(fg, (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
-    return full if full.sum() >= 64 else everything
 
 
 def perlin_noise(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator,
@@ -293,7 +230,7 @@ class AnomalySynthesizer:
             raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
         rng = rng if rng is not None else self._rng
         cfg = self.config
-        original = _as_rgb_array(image)
+        original = as_rgb_array(image)
         height, width = original.shape[:2]
         fg = estimate_foreground(original) if cfg.foreground == "auto" else np.ones((height, width), bool)
         context = _Context(original, fg, donors, _is_gray(original))
@@ -436,7 +373,7 @@ class AnomalySynthesizer:
         # values too, which differ from the original by at most `change_threshold`.
         close = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
         changed = cv2.morphologyEx(changed.astype(np.uint8), cv2.MORPH_CLOSE, close).astype(bool)
-        changed = _fill_holes(changed) & area
+        changed = fill_holes(changed) & area
         changed = _drop_specks(changed, min_area=max(4, cfg.min_mask_pixels // 4))
         if changed.sum() < max(cfg.min_mask_pixels, 0.15 * shape.sum()):
             raise _Failed("blend is almost invisible")
@@ -548,7 +485,7 @@ class _Context:
         index = int(rng.integers(len(self.donors)))
         if index not in self._cache:
             height, width = self.original.shape[:2]
-            array = _as_rgb_array(self.donors[index])
+            array = as_rgb_array(self.donors[index])
             if array.shape[:2] != (height, width):
                 array = cv2.resize(array, (width, height), interpolation=cv2.INTER_AREA)
             self._cache[index] = _to_gray(array) if self.gray else array
@@ -759,7 +696,7 @@ def preview_grid(images_with_masks: Iterable, path, columns: int = 4, cell: int 
     draw = ImageDraw.Draw(sheet)
     font = _font(14)
     for index, (image, mask, caption) in enumerate(items):
-        array = _as_rgb_array(image)
+        array = as_rgb_array(image)
         mask = np.asarray(mask, dtype=bool)
         height, width = array.shape[:2]
         factor = cell / max(height, width)

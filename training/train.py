@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> Path:
     mixed = args.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    accelerator = Accelerator(mixed_precision=mixed, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    # cpu=True without CUDA: under torchrun / `accelerate launch --multi_gpu` the processes join a gloo group.
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(), kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     main = accelerator.is_main_process
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -64,13 +64,34 @@ def nearest_similarity(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4
     return best
 
 
+def self_distance(feature: torch.Tensor, radius: int, chunk: int = 2048) -> torch.Tensor:
+    """1 - max cosine similarity of each patch to the same image's patches more than `radius` cells
+    away (B x h x w). Repetitive parts (tread, weave, grinding marks) vouch for each other, so a
+    reference that shows a different rotation or pose does not make them look anomalous."""
+    b, c, h, w = feature.shape
+    rows = torch.arange(h).repeat_interleave(w)
+    cols = torch.arange(w).repeat(h)
+    out = []
+    for image in range(b):
+        flat = patches(feature[image:image + 1])
+        best = torch.empty(h * w)
+        for start in range(0, h * w, chunk):
+            stop = min(start + chunk, h * w)
+            similarity = flat[start:stop] @ flat.T
+            near = ((rows[start:stop, None] - rows[None]).abs() <= radius) & ((cols[start:stop, None] - cols[None]).abs() <= radius)
+            best[start:stop] = similarity.masked_fill(near, -1.0).max(dim=1).values
+        out.append((1.0 - best).reshape(h, w))
+    return torch.stack(out)
+
+
 class MemoryBank:
     """Per-level banks of L2-normalised reference patches."""
 
     def __init__(self, levels: list[int], pool: int = 3, augmentations: list[str] | None = None,
-                 max_patches: int = 50_000, seed: int = 0):
+                 max_patches: int = 50_000, seed: int = 0, self_radius: int = 0):
         self.levels = levels
         self.pool = pool
+        self.self_radius = self_radius
         self.augmentations = augmentations or ["identity"]
         self.max_patches = max_patches
         self.seed = seed
@@ -107,5 +128,8 @@ class MemoryBank:
         for level, bank in zip(self.levels, self.banks):
             feature = aggregate(levels[level], self.pool)
             b, _, h, w = feature.shape
-            maps.append((1.0 - nearest_similarity(patches(feature), bank)).reshape(b, h, w))
+            distance = (1.0 - nearest_similarity(patches(feature), bank)).reshape(b, h, w)
+            if self.self_radius > 0:
+                distance = torch.minimum(distance, self_distance(feature, self.self_radius))
+            maps.append(distance)
         return maps

@@ -1,0 +1,84 @@
+"""Where the object is: a rough foreground mask, so maps and synthetic defects can focus on the part
+and ignore an empty background. Textures (no plain background) get the whole image."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from PIL import Image
+
+
+def as_rgb_array(image) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(array[:, :, :3].astype(np.uint8))
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill regions of False that do not touch the border."""
+    padded = np.pad(mask.astype(np.uint8), 1)
+    flood = padded.copy()
+    cv2.floodFill(flood, None, (0, 0), 1)
+    holes = flood == 0
+    return mask | holes[1:-1, 1:-1]
+
+
+def estimate_foreground(image, max_side: int = 128) -> np.ndarray:
+    """A rough boolean object mask (HxW); all True when there is no clear object on a background.
+
+    On a downscaled, blurred copy: a pixel is foreground when its Lab colour is far from the median
+    border colour, or its local contrast is high, compared with what the border itself shows. The
+    largest connected components are kept and holes filled (the small-scale filters make the mask
+    reach a little past the object's edge, a slight dilation). Falls back
+    to the whole image when the border is not a plain background (a texture) or the object is tiny.
+    """
+    array = as_rgb_array(image)
+    height, width = array.shape[:2]
+    everything = np.ones((height, width), dtype=bool)
+    scale = min(1.0, max_side / max(height, width))
+    small_w, small_h = max(8, round(width * scale)), max(8, round(height * scale))
+    small = cv2.resize(array, (small_w, small_h), interpolation=cv2.INTER_AREA)
+    lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32)
+    lab = cv2.GaussianBlur(lab, (3, 3), 0.6)
+    band = max(1, round(0.04 * min(small_h, small_w)))
+    border = np.zeros((small_h, small_w), dtype=bool)
+    border[:band], border[-band:], border[:, :band], border[:, -band:] = True, True, True, True
+    reference = np.median(lab[border], axis=0)
+    distance = np.sqrt(((lab - reference) ** 2).sum(axis=2))
+    lightness = lab[:, :, 0]
+    mean = cv2.blur(lightness, (3, 3))
+    contrast = np.sqrt(np.maximum(cv2.blur(lightness * lightness, (3, 3)) - mean * mean, 0.0))
+    border_distance = float(np.percentile(distance[border], 95))
+    if border_distance > 15.0:
+        return everything  # the border is not a plain background: a texture or a cropped object
+    distance_threshold = max(2.0 * border_distance + 1.5, 5.0)
+    contrast_threshold = max(2.5 * float(np.percentile(contrast[border], 95)), 0.8)
+    fg = ((distance > distance_threshold) | (contrast > contrast_threshold)).astype(np.uint8)
+    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    if count <= 1:
+        return everything
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = 1 + np.flatnonzero(areas >= 0.2 * areas.max())
+    fg = fill_holes(np.isin(labels, keep))
+    # The blur and the 3x3 contrast window already reach about a pixel past the object's edge.
+    fg = fg.astype(np.uint8)
+    if not 0.02 <= fg.mean() <= 0.97:
+        return everything
+    full = cv2.resize(fg, (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return full if full.sum() >= 64 else everything
+
+
+def foreground_box(image: Image.Image, margin: float = 0.04) -> tuple[int, int, int, int] | None:
+    """Bounding box (x0, y0, x1, y1) of the object with a small margin, or None for textures."""
+    mask = estimate_foreground(image)
+    if mask.all():
+        return None
+    ys, xs = np.nonzero(mask)
+    width, height = image.size
+    mx, my = int(margin * width), int(margin * height)
+    return (max(0, int(xs.min()) - mx), max(0, int(ys.min()) - my),
+            min(width, int(xs.max()) + 1 + mx), min(height, int(ys.max()) + 1 + my))

@@ -1,0 +1,86 @@
+"""The page in a real browser (Debian chromium driven by Playwright): upload, ask, read the answer.
+
+Leaves a screenshot at out/screenshots/app.png. Chromium is installed by .ci/run (apt), never downloaded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+SCREENSHOT = REPO / "out" / "screenshots" / "app.png"
+ANSWER_TIMEOUT_MS = 240_000
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium chromium-driver)"
+        print(reason)
+        pytest.skip(reason)
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+def _pick_images(tire_dir: Path) -> tuple[Path, Path]:
+    preferred = tire_dir / "test" / "contamination" / "021.jpg"
+    query = preferred if preferred.is_file() else sorted((tire_dir / "test").rglob("*.jpg"))[0]
+    return query, sorted((tire_dir / "train" / "good").glob("*.jpg"))[0]
+
+
+def test_upload_ask_and_see_answer_and_heatmap(browser, app_server, tire_dir, tmp_path):
+    query, reference = _pick_images(tire_dir)
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(app_server.url)
+    page.locator("#send").wait_for(timeout=60_000)
+    assert "Anomaly Assistant" in page.title()
+
+    page.locator("#query-image input[type=file]").set_input_files(str(query))
+    page.locator("#references input[type=file]").set_input_files([str(reference)])
+    page.locator("#references").get_by_text(reference.name).first.wait_for(timeout=30_000)
+    page.locator("#class-name textarea, #class-name input").first.fill("tire")
+
+    page.locator("#message textarea").fill("Is there any anomaly in this tire?")
+    page.locator("#send").click()
+    verdict = page.locator("#verdict")
+    verdict.wait_for(timeout=ANSWER_TIMEOUT_MS)
+    page.locator("#heatmap img").wait_for(timeout=30_000)
+    chat = page.locator("#chatbot")
+    assert "Is there any anomaly in this tire?" in chat.inner_text()
+    first = chat.inner_text()
+    assert "anomaly in this tire" in first.split("Is there any anomaly in this tire?", 1)[1]
+    assert "score" in verdict.inner_text() and "threshold" in verdict.inner_text()
+
+    page.locator("#message textarea").fill("Where is it?")
+    page.locator("#message textarea").press("Enter")
+    page.wait_for_function("() => document.querySelector('#chatbot').innerText.split('Where is it?').length > 1 "
+                           "&& document.querySelector('#chatbot').innerText.split('Where is it?')[1].trim().length > 20",
+                           timeout=ANSWER_TIMEOUT_MS)
+    assert page.locator("#download").is_enabled()
+    page.wait_for_timeout(500)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert SCREENSHOT.stat().st_size > 10_000
+
+    # a broken upload is answered with one line in the chat; the page keeps working
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    page.locator("#query-image input[type=file]").set_input_files(str(broken))
+    page.locator("#message textarea").fill("And this one?")
+    page.locator("#send").click()
+    page.locator("#verdict-problem").wait_for(timeout=60_000)
+    assert "broken.png: not a readable image" in chat.inner_text()
+    assert not errors, errors
+    page.close()

@@ -1,0 +1,82 @@
+"""`anomaly-assistant ask` and `inspect` as a user runs them: subprocesses, real models, real files."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+
+from PIL import Image
+
+from conftest import run_cli
+
+
+def test_help_lists_the_commands():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("ask", "inspect", "app", "eval"):
+        assert command in result.stdout
+
+
+def test_ask_json_and_heatmap(textile, tmp_path):
+    """Default (language model on): stdout is exactly one JSON object; the overlay PNG is written."""
+    heatmap = tmp_path / "out" / "overlay.png"
+    query = textile["defect"][1]
+    result = run_cli("ask", str(query), "--reference", str(textile["reference"][0]), "--class-name", "textile",
+                     "--question", "Is there any defect on this fabric?", "--json", "--heatmap", str(heatmap))
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(result.stdout)  # the whole of stdout is one JSON document
+    assert set(data) == {"answer", "anomalous", "score", "threshold", "regions"}
+    assert data["anomalous"] is True and data["answer"].startswith("Yes")
+    width, height = Image.open(query).size
+    for region in data["regions"]:
+        x0, y0, x1, y1 = region["box"]
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height and isinstance(region["position"], str)
+    assert Image.open(heatmap).size == (width, height)
+    assert [p.name for p in heatmap.parent.iterdir()] == ["overlay.png"]  # no temporary files left
+
+
+def test_inspect_folder_with_bad_files(textile, bad_inputs, tmp_path):
+    folder = tmp_path / "parts"
+    (folder / "line2").mkdir(parents=True)
+    shutil.copy(textile["normal"][0], folder / "a_normal.png")
+    shutil.copy(textile["defect"][0], folder / "line2" / "b_defect.png")
+    for name in ("empty.png", "text.png", "truncated.jpg"):
+        shutil.copy(bad_inputs[name].path, folder / "line2" / name)
+    (folder / "notes.txt").write_text("not an image, not listed")
+    out = tmp_path / "report"
+    result = run_cli("inspect", str(folder), "--reference", str(textile["reference"][0]), "--class-name", "textile",
+                     "--out", str(out), "--no-llm")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 anomalous, 1 normal, 3 unreadable" in result.stdout
+
+    rows = list(csv.DictReader((out / "report.csv").open(encoding="utf-8")))
+    assert list(rows[0]) == ["file", "anomalous", "score", "threshold", "regions", "answer", "error"]
+    assert [r["file"] for r in rows] == sorted(r["file"] for r in rows)
+    by_file = {r["file"]: r for r in rows}
+    assert set(by_file) == {"a_normal.png", "line2/b_defect.png", "line2/empty.png", "line2/text.png",
+                            "line2/truncated.jpg"}
+    assert by_file["line2/b_defect.png"]["anomalous"] == "true" and by_file["line2/b_defect.png"]["regions"]
+    assert by_file["a_normal.png"]["anomalous"] == "false" and not by_file["a_normal.png"]["error"]
+    assert "empty" in by_file["line2/empty.png"]["error"] and by_file["line2/empty.png"]["score"] == ""
+
+    overlays = sorted(p.name for p in (out / "overlays").iterdir())
+    assert overlays == ["line2__b_defect.png"]  # one per anomalous image
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "<style>" in page and "data:image/jpeg;base64," in page
+    assert not re.search(r"(src|href)=['\"]https?://", page)  # self-contained
+    assert "ANOMALOUS" in page and "Unreadable files (3)" in page and "text.png" in page
+    assert page.index("b_defect.png") < page.index("a_normal.png")  # ordered by score
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_inspect_zero_shot_without_trained_text_map_is_one_line(textile, tmp_path):
+    """No reference and an empty checkpoint (untrained text map): the engine's one-line reason, exit 2."""
+    empty = tmp_path / "empty_checkpoint"
+    empty.mkdir()
+    result = run_cli("inspect", str(textile["normal"][0].parent), "--out", str(tmp_path / "r"), "--no-llm",
+                     "--checkpoint", str(empty))
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "reference" in last and "Traceback" not in result.stderr
+    assert result.stdout == ""
