@@ -132,17 +132,20 @@ def ensure_examples() -> list[list]:
 
 
 # -- helpers --------------------------------------------------------------------------------------------
-class QueryImage(gr.Image):
-    """gr.Image that never decodes the upload itself: a broken or huge file reaches `load_image`, which
-    answers with one clear line, instead of failing inside Gradio with a bare 'Error'."""
+def lenient_preprocess(component: gr.Image) -> gr.Image:
+    """Make a gr.Image hand undecodable uploads on as a path instead of failing inside Gradio with a bare
+    'Error': `load_image` then says in one line what is wrong. (Patched on the instance: a gr.Image
+    subclass would make Gradio write a .pyi stub next to this module.)"""
+    original = component.preprocess
 
-    is_template = True  # same front-end component as gr.Image
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         try:
-            return super().preprocess(payload)
+            return original(payload)
         except Exception:  # noqa: BLE001 - load_image will say what is wrong with it
             return None if payload is None else payload.path
+
+    component.preprocess = preprocess
+    return component
 
 
 def _check_history(history) -> list[dict]:
@@ -309,8 +312,9 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
         history = gr.State([])
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=300):
-                image = QueryImage(label="Query image", type="filepath", image_mode=None,
-                                   sources=["upload", "webcam", "clipboard"], height=300, elem_id="query-image")
+                image = lenient_preprocess(gr.Image(label="Query image", type="filepath", image_mode=None,
+                                                    sources=["upload", "webcam", "clipboard"], height=300,
+                                                    elem_id="query-image"))
                 references = gr.File(label="Known-good references", file_count="multiple",
                                      file_types=["image"], height=120, elem_id="references")
                 class_name = gr.Textbox(value="object", label="Object class", max_lines=1,

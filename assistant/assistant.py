@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,9 @@ class Assistant:
         self.llm_settings = {**self.preset.get("llm", {}), **(llm_overrides or {})}
         self.model = self.tokenizer = self.bridge = None
         self._detections: dict[str, Detection] = {}
+        # One conversation step at a time: the caches and the model are shared by every session
+        # the app serves, and two cores gain nothing from running two steps at once.
+        self._lock = threading.RLock()
 
     # -- loading ------------------------------------------------------------------------------
     def load(self) -> "Assistant":
@@ -94,6 +98,10 @@ class Assistant:
              history: list[dict] | None = None, class_name: str | None = None, threshold: float | None = None,
              max_new_tokens: int = 60) -> ChatResult:
         """Answer `message` about `image` (path, bytes, array or PIL), optionally against normal `references`."""
+        with self._lock:
+            return self._chat(image, message, references, history, class_name, threshold, max_new_tokens)
+
+    def _chat(self, image, message, references, history, class_name, threshold, max_new_tokens) -> ChatResult:
         message = _clean_message(message)
         history = list(history or [])
         picture = load_image(image) if image is not None else None

@@ -5,7 +5,6 @@ Every user-facing problem becomes one line on stderr and exit code 2; no traceba
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -18,14 +17,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 EXIT_BAD_INPUT = 2
 
 
+from .commands import add_model_args, one_line  # noqa: E402 - after the environment is set
+
+
 class UserError(Exception):
     """Raised by commands for problems the user can fix; printed as one line."""
-
-
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="embedded", help="preset name in assistant/presets or a JSON file (default: embedded)")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the preset's)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,12 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--class-name", default=None, help="object name used in prompts (default: the category name)")
     ev.add_argument("--split-defects", action="store_true", help="also report each defect type against the good images")
     ev.add_argument("--image-size", type=int, default=None, help="override the encoder input size")
-    _add_model_args(ev)
+    add_model_args(ev)
 
     bench = sub.add_parser("bench", help="latency benchmark of features, maps and bank size")
     bench.add_argument("--data", default=None, help="folder of images to benchmark on (default: synthetic textures)")
     bench.add_argument("--image-size", type=int, default=None)
-    _add_model_args(bench)
+    bench.add_argument("--answer", metavar="IMAGE", default=None, help="instead: time full answers (map + LLM) for IMAGE")
+    bench.add_argument("--reference", default=None, help="with --answer: a normal reference image")
+    add_model_args(bench)
 
     for command in _extra_commands():
         command(sub)
@@ -74,8 +72,11 @@ def _run_eval(args) -> int:
 
 
 def _run_bench(args) -> int:
-    from eval.benchmark import run_benchmark
+    from eval.benchmark import answer_latency, run_benchmark
 
+    if args.answer:
+        answer_latency(args.preset, args.checkpoint, args.answer, args.reference)
+        return 0
     overrides = {"encoder": {"image_size": args.image_size}} if args.image_size else None
     run_benchmark(args.preset, args.checkpoint, args.data, overrides)
     return 0
@@ -103,18 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ValueError, OSError) as exc:  # ImageError, DatasetError, EngineError are ValueErrors
         if os.environ.get("ANOMALY_ASSISTANT_DEBUG"):
             raise
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - the CLI's contract is one line, never a traceback
         if os.environ.get("ANOMALY_ASSISTANT_DEBUG"):
             raise
-        print(f"internal error: {_one_line(exc)} (set ANOMALY_ASSISTANT_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(f"internal error: {one_line(exc)} (set ANOMALY_ASSISTANT_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
-
-
-def _one_line(exc: Exception) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:400]
 
 
 if __name__ == "__main__":

@@ -199,7 +199,7 @@ REGISTRY: list = [register_ask, register_inspect, register_app]
 def register_train(sub) -> None:
     parser = sub.add_parser("train", help="train adapters, bridge and LoRA on synthesised anomalies",
                             description="Same options as `python -m training.train` (see training/README.md).")
-    from training.train import add_arguments
+    from training.options import add_arguments
 
     add_arguments(parser)
     parser.set_defaults(handler=_run_train)

@@ -92,6 +92,13 @@ def _bar(score: float, threshold: float) -> str:
     return f'<div class="bar" title="threshold at the middle mark"><span style="width:{fraction * 100:.1f}%;background:{colour}"></span><i></i></div>'
 
 
+def _positions(regions: list[dict]) -> str:
+    counts: dict[str, int] = {}
+    for region in regions:
+        counts[region["position"]] = counts.get(region["position"], 0) + 1
+    return ", ".join(_e(p) + (f" (&times;{n})" if n > 1 else "") for p, n in counts.items())
+
+
 def render_report(rows: list, summary: dict) -> str:
     """Rows (inspect_cmd.Row) ordered by score, highest first; unreadable files listed separately."""
     scored = sorted((r for r in rows if not r.error), key=lambda r: -r.score)
@@ -134,7 +141,7 @@ def render_report(rows: list, summary: dict) -> str:
         image = f"<img src='{row.thumbnail}' alt='{_e(row.file)}' loading='lazy'>" if row.thumbnail else ""
         if row.overlay:
             image = f"<a href='{_e(row.overlay)}' title='open the full-size overlay'>{image}</a>"
-        positions = ", ".join(_e(r["position"]) for r in row.regions) or "<span class='muted'>&ndash;</span>"
+        positions = _positions(row.regions) or "<span class='muted'>&ndash;</span>"
         parts.append(
             f"<tr data-kind='{kind}'><td class='thumb'>{image}</td><td class='file'>{_e(row.file)}</td>"
             f"<td data-v='{kind}'><span class='badge {kind}'>{label}</span></td>"

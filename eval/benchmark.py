@@ -69,3 +69,25 @@ def run_benchmark(preset: str = "embedded", checkpoint_dir: str | None = None, f
         report["bank"][shots] = {"patches": patches, "map_ms": ms}
         print(f"{shots:>6}{patches:>15}{ms:>19.1f}")
     return report
+
+
+def answer_latency(preset: str, checkpoint_dir: str | None, image_path: str, reference_path: str | None,
+                   max_new_tokens: int = 60, repeats: int = 3) -> dict:
+    """Seconds from question to full answer (map + generation) on a new image each time, the
+    detection cache cleared so nothing is reused between repeats."""
+    from assistant.assistant import Assistant
+
+    assistant = Assistant(preset, checkpoint_dir).load()
+    references = [reference_path] if reference_path else None
+    assistant.chat(image_path, references=references)  # warm-up: kernels, prompt caches
+    times, tokens = [], []
+    for _ in range(repeats):
+        assistant._detections.clear()
+        began = time.perf_counter()
+        result = assistant.chat(image_path, "Is there any anomaly in the image?", references, max_new_tokens=max_new_tokens)
+        times.append(time.perf_counter() - began)
+        tokens.append(len(assistant.tokenizer(result.llm_text)["input_ids"]) if result.llm_text else 0)
+    print(f"answer latency over {repeats} runs (max {max_new_tokens} new tokens, torch threads {torch.get_num_threads()}): "
+          f"median {np.median(times):.2f} s, min {min(times):.2f} s; LLM words kept in {sum(t > 0 for t in tokens)}/{repeats}")
+    print(f"last answer: {result.answer}")
+    return {"median_s": float(np.median(times)), "min_s": float(min(times))}

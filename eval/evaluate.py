@@ -18,9 +18,10 @@ from tqdm import tqdm
 
 from assistant.checkpoint import save_json
 from assistant.data import Split, discover
+from assistant.data.datasets import open_image
 from assistant.encoders import EncodedImages
 from assistant.engine import AnomalyEngine, place_map
-from assistant.images import ImageError, load_image, load_mask
+from assistant.images import load_mask
 
 from . import metrics
 
@@ -45,7 +46,7 @@ def encode_tests(engine: AnomalyEngine, split: Split, class_name: str, batch_siz
     bar = tqdm(total=len(samples), desc=f"{split.name}: encode", disable=not progress, leave=False)
     for start in range(0, len(samples), batch_size):
         batch = samples[start:start + batch_size]
-        images = [_load(sample.path) for sample in batch]
+        images = [open_image(sample.path) for sample in batch]
         began = time.perf_counter()
         prepared = [engine.prepare(image) for image in images]
         encoded = engine.encode([view for view, _ in prepared])
@@ -58,13 +59,6 @@ def encode_tests(engine: AnomalyEngine, split: Split, class_name: str, batch_siz
         bar.update(len(batch))
     bar.close()
     return out
-
-
-def _load(path: Path):
-    try:
-        return load_image(path)
-    except ImageError as exc:
-        raise ImageError(f"{path}: {exc}") from None
 
 
 def draw_references(split: Split, shots: int, seed: int) -> list[Path]:
@@ -94,7 +88,7 @@ def evaluate_split(engine: AnomalyEngine, split: Split, shots: int, seeds: list[
     per_seed: dict[str, list[dict]] = {}
     ms = []
     for seed in tqdm(seeds, desc=f"{split.name}: seeds", disable=not progress, leave=False):
-        references = (engine.references([_load(p) for p in draw_references(split, shots, seed)], class_name, seed)
+        references = (engine.references([open_image(p) for p in draw_references(split, shots, seed)], class_name, seed)
                       if shots else None)
         threshold = references.threshold if references else engine.zero_shot_threshold()
         began = time.perf_counter()

