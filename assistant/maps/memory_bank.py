@@ -38,20 +38,29 @@ def patches(level: torch.Tensor) -> torch.Tensor:
     return F.normalize(level.permute(0, 2, 3, 1).reshape(-1, level.shape[1]), dim=-1)
 
 
-def greedy_coreset(bank: torch.Tensor, size: int, seed: int = 0, projection_dim: int = 128) -> torch.Tensor:
-    """Pick `size` rows that cover the bank (k-centre greedy), on a random projection for speed."""
+def greedy_coreset(bank: torch.Tensor, size: int, seed: int = 0, projection_dim: int = 32) -> torch.Tensor:
+    """Pick `size` rows that cover the bank (k-centre greedy, PatchCore), made affordable on a CPU:
+    distances on a random projection, the size/200 farthest rows added per round (exact greedy for
+    small sizes), and a random pre-sample of 2 x `size` rows when the bank is larger than that."""
     if bank.shape[0] <= size:
         return bank
     generator = torch.Generator().manual_seed(seed)
+    if bank.shape[0] > 2 * size:
+        bank = bank[torch.randperm(bank.shape[0], generator=generator)[:2 * size]]
+    step = max(1, size // 200)
     projected = bank
     if bank.shape[1] > projection_dim:
         projected = bank @ torch.randn(bank.shape[1], projection_dim, generator=generator) / projection_dim**0.5
-    chosen = [int(torch.randint(bank.shape[0], (1,), generator=generator))]
-    distance = torch.cdist(projected, projected[chosen[-1]:chosen[-1] + 1]).squeeze(1)
-    for _ in range(size - 1):
-        chosen.append(int(distance.argmax()))
-        distance = torch.minimum(distance, torch.cdist(projected, projected[chosen[-1]:chosen[-1] + 1]).squeeze(1))
-    return bank[torch.tensor(chosen)]
+    chosen = torch.randint(bank.shape[0], (1,), generator=generator)
+    distance = torch.cdist(projected, projected[chosen]).squeeze(1)
+    picked = [chosen]
+    count = 1
+    while count < size:
+        new = distance.topk(min(step, size - count)).indices
+        picked.append(new)
+        count += new.numel()
+        distance = torch.minimum(distance, torch.cdist(projected, projected[new]).min(dim=1).values)
+    return bank[torch.cat(picked)]
 
 
 def nearest_similarity(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
