@@ -157,14 +157,14 @@ class AnomalyEngine:
         encoded = [self.encode(views[i:i + 8]) for i in range(0, len(views), 8)]
         per_view = [[level[b:b + 1] for level in chunk.levels] for chunk in encoded for b in range(chunk.levels[0].shape[0])]
         bank.fit_features(per_view)
-        bank.n_references = len(images)
         n_views = len(bank.augmentations)
-        normal = self._held_out_scores(images, per_view, class_name, seed)
-        threshold = float(normal.max() * float(self.threshold_cfg.get("margin", 1.1)))
-        return ReferenceSet(bank=bank, stats=self._new_stats(per_view, n_views), normal_scores=normal,
-                            threshold=threshold, n_images=len(images))
+        reference_set = ReferenceSet(bank=bank, stats=self._new_stats(per_view, n_views), normal_scores=np.zeros(0),
+                                     threshold=0.0, n_images=len(images))
+        reference_set.normal_scores = self._held_out_scores(images, per_view, reference_set, class_name, seed)
+        reference_set.threshold = float(reference_set.normal_scores.max() * float(self.threshold_cfg.get("margin", 1.1)))
+        return reference_set
 
-    def _held_out_scores(self, images, per_view, class_name: str, seed: int) -> np.ndarray:
+    def _held_out_scores(self, images, per_view, full: ReferenceSet, class_name: str, seed: int) -> np.ndarray:
         """Scores of normal views the bank has not seen: leave-one-out over references when there
         are several, otherwise slightly shifted and rotated copies of the single reference."""
         n_views = len(per_view) // len(images)
@@ -176,11 +176,9 @@ class AnomalyEngine:
                                         np.zeros(0), 0.0, len(images) - 1)
                 query = EncodedImages(levels=per_view[held * n_views], embedding=torch.empty(0))
                 scores.append(float(self.assess(query, held_out, class_name)[1][0]))
-        else:
-            alone = ReferenceSet(self._new_bank(seed).fit_features(per_view), self._new_stats(per_view, n_views),
-                                 np.zeros(0), 0.0, 1)
+        else:  # one reference: the full bank never saw these shifted crops
             for view in jittered_views(images[0]):
-                scores.append(float(self.assess(self.encode([view]), alone, class_name)[1][0]))
+                scores.append(float(self.assess(self.encode([view]), full, class_name)[1][0]))
         return np.asarray(scores, dtype=np.float64)
 
     def zero_shot_threshold(self) -> float:

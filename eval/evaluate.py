@@ -68,14 +68,16 @@ def draw_references(split: Split, shots: int, seed: int) -> list[Path]:
     return [split.train_good[i] for i in sorted(rng.choice(len(split.train_good), shots, replace=False))]
 
 
-def pixel_arrays(split: Split, maps: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def pixel_arrays(split: Split, tests: list[EncodedTest], maps: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Masks and maps at the pixel-evaluation size, each map first placed at its crop in the image."""
     gts, preds = [], []
-    for sample, small in zip(split.test, maps):
-        height, width = small.shape
+    for sample, test, small in zip(split.test, tests, maps):
+        width, height = test.size
         scale = PIXEL_EVAL_SIDE / max(width, height)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         gts.append(load_mask(sample.mask_path, size) if sample.mask_path else np.zeros(size[::-1], bool))
-        preds.append(cv2.resize(small.astype(np.float32), size, interpolation=cv2.INTER_LINEAR))
+        placed = place_map(small, test.box, width, height)
+        preds.append(cv2.resize(placed, size, interpolation=cv2.INTER_LINEAR))
     return gts, preds
 
 
@@ -93,11 +95,10 @@ def evaluate_split(engine: AnomalyEngine, split: Split, shots: int, seeds: list[
         threshold = references.threshold if references else engine.zero_shot_threshold()
         began = time.perf_counter()
         assessed = [engine.assess(t.encoded, references, class_name, t.text_map) for t in tests]
-        maps = [place_map(m[0], t.box, *t.size) for (m, _, _), t in zip(assessed, tests)]
         scores = np.array([float(s[0]) for _, s, _ in assessed])
         map_seconds = (time.perf_counter() - began) / len(tests)
         ms.append(1000 * (map_seconds + np.mean([t.seconds for t in tests])))
-        gts, preds = pixel_arrays(split, maps) if split.has_masks else (None, None)
+        gts, preds = pixel_arrays(split, tests, [m[0] for m, _, _ in assessed]) if split.has_masks else (None, None)
         for name, subset in _subsets(defects, split_defects):
             per_seed.setdefault(name, []).append(_metrics(labels[subset], scores[subset],
                                                           [gts[i] for i in np.flatnonzero(subset)] if gts else None,

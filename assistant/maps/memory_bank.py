@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..encoders import Encoder
 
 AUGMENTATIONS = {
     "identity": lambda im: im,
@@ -112,22 +111,9 @@ class MemoryBank:
         self.max_patches = max_patches
         self.seed = seed
         self.banks: list[torch.Tensor] = []
-        self.n_references = 0
-
-    @torch.no_grad()
-    def fit(self, encoder: Encoder, references: list[Image.Image], batch_size: int = 8) -> "MemoryBank":
-        views = augment(references, self.augmentations)
-        per_level: list[list[torch.Tensor]] = [[] for _ in self.levels]
-        for start in range(0, len(views), batch_size):
-            encoded = encoder.encode_images(views[start:start + batch_size])
-            for slot, level in enumerate(self.levels):
-                per_level[slot].append(patches(aggregate(encoded.levels[level], self.pool)))
-        self.banks = [greedy_coreset(torch.cat(chunks), self.max_patches, self.seed) for chunks in per_level]
-        self.n_references = len(references)
-        return self
 
     def fit_features(self, levels_per_view: list[list[torch.Tensor]]) -> "MemoryBank":
-        """Build from already-encoded views (each a list of level tensors); used by evaluation caches."""
+        """Build from encoded reference views (each a list of level tensors)."""
         self.banks = [
             greedy_coreset(torch.cat([patches(aggregate(view[level], self.pool)) for view in levels_per_view]),
                            self.max_patches, self.seed)
