@@ -36,7 +36,8 @@ def _timed(fn, repeats: int) -> float:
 
 
 def stage_times(engine: AnomalyEngine, images: list[Image.Image], references, batch: int, repeats: int) -> dict:
-    chunk = [engine.prepare(image)[0] for image in images[:batch]]
+    views = [engine.prepare(image)[0] for image in images[:batch]]
+    chunk = [view.resize(views[0].size) for view in views]  # a batch shares one input size, as on a production line
     encoded = engine.encode(chunk)
     features = _timed(lambda: engine.encode(chunk), repeats) / batch
     maps = _timed(lambda: engine.assess(encoded, references, "object"), repeats) / batch

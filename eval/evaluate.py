@@ -49,13 +49,12 @@ def encode_tests(engine: AnomalyEngine, split: Split, class_name: str, batch_siz
         images = [open_image(sample.path) for sample in batch]
         began = time.perf_counter()
         prepared = [engine.prepare(image) for image in images]
-        encoded = engine.encode([view for view, _ in prepared])
-        text = engine.text_maps(encoded, class_name)
+        encoded = engine.encode_each([view for view, _ in prepared], batch_size)
+        text = [engine.text_maps(one, class_name) for one in encoded]
         per_image = (time.perf_counter() - began) / len(batch)
-        for b, image in enumerate(images):
-            levels = [level[b:b + 1] if i in keep else None for i, level in enumerate(encoded.levels)]
-            out.append(EncodedTest(EncodedImages(levels, encoded.embedding[b:b + 1]),
-                                   None if text is None else text[b:b + 1], image.size, prepared[b][1], per_image))
+        for one, text_map, image, (_, box) in zip(encoded, text, images, prepared):
+            levels = [level if i in keep else None for i, level in enumerate(one.levels)]
+            out.append(EncodedTest(EncodedImages(levels, one.embedding), text_map, image.size, box, per_image))
         bar.update(len(batch))
     bar.close()
     return out
@@ -95,10 +94,10 @@ def evaluate_split(engine: AnomalyEngine, split: Split, shots: int, seeds: list[
         threshold = references.threshold if references else engine.zero_shot_threshold()
         began = time.perf_counter()
         assessed = [engine.assess(t.encoded, references, class_name, t.text_map) for t in tests]
-        scores = np.array([float(s[0]) for _, s, _ in assessed])
+        scores = np.array([float(s[0]) for _, s in assessed])
         map_seconds = (time.perf_counter() - began) / len(tests)
         ms.append(1000 * (map_seconds + np.mean([t.seconds for t in tests])))
-        gts, preds = pixel_arrays(split, tests, [m[0] for m, _, _ in assessed]) if split.has_masks else (None, None)
+        gts, preds = pixel_arrays(split, tests, [m[0] for m, _ in assessed]) if split.has_masks else (None, None)
         for name, subset in _subsets(defects, split_defects):
             per_seed.setdefault(name, []).append(_metrics(labels[subset], scores[subset],
                                                           [gts[i] for i in np.flatnonzero(subset)] if gts else None,

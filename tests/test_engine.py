@@ -74,14 +74,14 @@ def test_open_clip_rejects_bad_blocks_and_missing_checkpoint(tmp_path):
 
 def test_defect_is_found_where_it_is(engine, textile_images):
     reference, query = textile_images[0], textile_images[1]
-    defective = with_blot(query, (20, 170, 60, 215))  # bottom left of a 250x250 image
+    defective = with_blot(query, (24, 176, 42, 194))  # bottom left of a 250x250 image
     normal = engine.detect(query, [reference], "textile")
     anomalous = engine.detect(defective, [reference], "textile")
     assert anomalous.score > normal.score
     assert anomalous.anomalous and not normal.anomalous
     assert anomalous.regions and anomalous.regions[0].position == "bottom left"
     x0, y0, x1, y1 = anomalous.regions[0].box
-    assert x0 < 60 and x1 > 20 and y0 < 215 and y1 > 170
+    assert x0 < 42 and x1 > 24 and y0 < 194 and y1 > 176
     assert anomalous.anomaly_map.shape == (250, 250)
     assert normal.regions == []
 

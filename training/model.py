@@ -74,16 +74,15 @@ class TrainableAssistant(torch.nn.Module):
             raise ValueError(f"bridge_map must be one of {BRIDGE_MAP_MODES}")
         self.bridge_map = bridge_map
         map_cfg = self.preset["anomaly_map"]
-        self.map_size = int(map_cfg.get("size", 80))
-        self.sigma = float(map_cfg.get("sigma", 4.0))
+        self.sigma = float(map_cfg.get("sigma", 2.0))
 
         self.encoder = create_encoder(self.preset["encoder"])
         self.encoder.requires_grad_(False)
         self.encoder.eval()
-        norm = self.encoder.adapter_input_norm() if hasattr(self.encoder, "adapter_input_norm") else None
+        # Training input is square (image_size x image_size); maps live on the stride-8 grid like the engine's.
+        self.map_size = self.encoder.image_size // 8
         # Fresh (random) adapters: the embedded encoder has no projection into text space to start from.
-        self.text_map = TextMap(self.encoder.level_dims, self.encoder.text_dim, self.preset.get("text_map", {}).get("levels"),
-                                None, norm)
+        self.text_map = TextMap.for_encoder(self.encoder, self.preset.get("text_map", {}), None)
         self.text_map.requires_grad_("adapters" in self.trainable)
 
         self.llm = self.tokenizer = self.bridge = None

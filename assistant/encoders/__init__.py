@@ -10,7 +10,8 @@ def create_encoder(cfg: dict) -> Encoder:
     if kind == "embedded":
         from .embedded import EmbeddedEncoder
 
-        return EmbeddedEncoder(cfg.get("model", "tf_efficientnet_lite0"), cfg.get("image_size", 320))
+        return EmbeddedEncoder(cfg.get("model", "tf_efficientnet_lite0"), cfg.get("image_size", 320),
+                               resize=cfg.get("resize", "square"))
     if kind == "open_clip":
         from .openclip import OpenClipEncoder
 

@@ -1,6 +1,7 @@
 """The one interface every vision encoder offers: 4 levels of patch features and a global embedding."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,14 +25,29 @@ class Encoder(torch.nn.Module):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """RGB PIL images -> normalised B x 3 x S x S tensor.
+    resize: str = "square"  # "square", or "area" for encoders that accept any input shape (CNNs)
 
-        Images are squashed to a square rather than centre-cropped: a crop would hide defects at the
-        borders, and references go through the same squash, so patches stay comparable.
+    def input_size(self, image: Image.Image) -> tuple[int, int]:
+        """(width, height) the encoder sees an image at.
+
+        "square" squashes to image_size x image_size (a centre crop would hide defects at the
+        borders; references are squashed the same way, so patches stay comparable). "area" keeps
+        the aspect ratio at about image_size^2 pixels, in multiples of the stride 32: long thin
+        parts and crops keep round defects round.
         """
-        size = self.image_size
-        arrays = [np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) for image in images]
+        if self.resize == "square":
+            return self.image_size, self.image_size
+        width, height = image.size
+        scale = self.image_size / math.sqrt(width * height)
+        return max(32, round(width * scale / 32) * 32), max(32, round(height * scale / 32) * 32)
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """RGB PIL images that share one input size -> normalised B x 3 x H x W tensor."""
+        sizes = {self.input_size(image) for image in images}
+        if len(sizes) != 1:
+            raise ValueError(f"a batch must share one input size, got {sorted(sizes)}: encode the images separately")
+        size = sizes.pop()
+        arrays = [np.asarray(image.convert("RGB").resize(size, Image.BICUBIC), dtype=np.float32) for image in images]
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)

@@ -61,9 +61,13 @@ def minilm_path() -> Path:
 
 
 class EmbeddedEncoder(Encoder):
-    def __init__(self, model_name: str = "tf_efficientnet_lite0", image_size: int = 320, pretrained: bool = True):
+    def __init__(self, model_name: str = "tf_efficientnet_lite0", image_size: int = 320, pretrained: bool = True,
+                 resize: str = "square"):
         super().__init__()
+        if resize not in ("square", "area"):
+            raise ValueError(f"resize must be 'square' or 'area', got {resize!r}")
         self.image_size = image_size
+        self.resize = resize
         self.mean = self.std = (0.5, 0.5, 0.5)
         self.backbone = timm.create_model(model_name, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4))
         if pretrained:

@@ -24,15 +24,6 @@ def smooth(batch: torch.Tensor, sigma: float) -> np.ndarray:
     return np.stack([cv2.GaussianBlur(m, (0, 0), sigma) for m in array])
 
 
-def image_score(anomaly_map: np.ndarray, top_percent: float = 0.0) -> float:
-    """Max of the (smoothed) map, or the mean of its top `top_percent` % of pixels."""
-    if top_percent <= 0:
-        return float(anomaly_map.max())
-    flat = anomaly_map.ravel()
-    k = max(1, int(flat.size * top_percent / 100.0))
-    return float(np.partition(flat, flat.size - k)[-k:].mean())
-
-
 def to_image_size(anomaly_map: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(anomaly_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
 

@@ -82,19 +82,20 @@ def _near_mask(h: int, w: int, radius: int) -> torch.Tensor:
     return ((rows[:, None] - rows[None]).abs() <= radius) & ((cols[:, None] - cols[None]).abs() <= radius)
 
 
-def self_distance(feature: torch.Tensor, bank_distance: torch.Tensor, radius: int) -> torch.Tensor:
-    """For each patch, the cheapest path to the references through another patch of the same image
-    more than `radius` cells away: min_j (1 - cos(i, j) + bank distance of j), B x h x w.
+def self_distance(feature: torch.Tensor, radius: int) -> torch.Tensor:
+    """For each patch, 1 - cos to the most similar patch of the same image more than `radius`
+    cells away, B x h x w.
 
     Repetitive parts (tread, weave, grinding marks) vouch for each other, so a reference showing a
-    different rotation or pose does not make them look anomalous; a large defect cannot vouch for
-    itself, because its own patches are far from the references."""
+    different rotation or pose does not make them look anomalous. A defect larger than the radius
+    can vouch for itself too; on the sets in docs/RESULTS.md that costs less than the false alarms
+    it removes, and the global statistics catch defects that cover the whole image."""
     b, c, h, w = feature.shape
     near = _near_mask(h, w, radius)
     out = []
     for image in range(b):
         flat = patches(feature[image:image + 1])
-        cost = (1.0 - flat @ flat.T) + bank_distance[image].reshape(1, -1)
+        cost = 1.0 - flat @ flat.T
         out.append(cost.masked_fill_(near, float("inf")).min(dim=1).values.reshape(h, w))
     return torch.stack(out)
 
@@ -132,6 +133,6 @@ class MemoryBank:
             b, _, h, w = feature.shape
             distance = (1.0 - nearest_similarity(patches(feature), bank)).reshape(b, h, w)
             if self.self_radius > 0:
-                distance = torch.minimum(distance, self_distance(feature, distance, self.self_radius))
+                distance = torch.minimum(distance, self_distance(feature, self.self_radius))
             maps.append(distance)
         return maps
