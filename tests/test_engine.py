@@ -117,3 +117,14 @@ def test_coreset_keeps_size_and_covers_clusters():
     assert core.shape == (20, 16)
     nearest_centre = torch.cdist(core, centres).argmin(dim=1)
     assert set(nearest_centre.tolist()) == set(range(5))
+
+
+def test_area_resize_keeps_aspect_and_encodes_mixed_sizes(engine, textile_images):
+    wide = textile_images[0].resize((500, 250))
+    assert engine.encoder.resize == "area"
+    with pytest.raises(ValueError, match="one input size"):
+        engine.encode([wide, textile_images[1]])
+    square, long = engine.encode_each([textile_images[1], wide])
+    assert engine.map_size(square) == (56, 56)  # 448 px at stride 8
+    height, width = engine.map_size(long)
+    assert width == 2 * height and abs(width * height - 56 * 56) < 0.1 * 56 * 56
