@@ -202,6 +202,8 @@ class AnomalyEngine:
         images = [view for view, _ in prepared]
         bank = self._new_bank(seed)
         n_views = len(bank.augmentations)
+        if len(images) == 1 and n_views == 1:  # checked before encoding: nothing could be held out
+            raise EngineError("one reference image needs a reference augmentation (e.g. hflip) to set a threshold: add one to the preset or give a second reference image")
         per_view = self.encode_each(augment(images, bank.augmentations))
         bank.fit_features([view.levels for view in per_view])
         stats = self._new_stats(per_view[::n_views], relative) if len(images) >= 2 else None
@@ -220,8 +222,6 @@ class AnomalyEngine:
         augmented views out (the bank's augmentations declare those views normal too; for objects
         they differ about as much as two photos of normal parts do, surfaces get a margin)."""
         n_views = len(per_view) // n_images
-        if n_images == 1 and n_views == 1:
-            raise EngineError("one reference image needs a reference augmentation (e.g. hflip) to set a threshold: add one to the preset or give a second reference image")
         groups = [range(i * n_views, (i + 1) * n_views) for i in range(n_images)] if n_images >= 2 else [[v] for v in range(n_views)]
         peaks, shifts = [], []
         for group in groups:

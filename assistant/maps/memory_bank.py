@@ -89,7 +89,7 @@ def self_distance(feature: torch.Tensor, radius: int) -> torch.Tensor:
     Repetitive parts (tread, weave, grinding marks) vouch for each other, so a reference showing a
     different rotation or pose does not make them look anomalous. A defect larger than the radius
     can vouch for itself too; on the sets in docs/RESULTS.md that costs less than the false alarms
-    it removes, and the global statistics catch defects that cover the whole image."""
+    it removes (texture statistics catch whole-image defects on surfaces with 2+ references)."""
     b, c, h, w = feature.shape
     near = _near_mask(h, w, radius)
     out = []
