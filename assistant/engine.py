@@ -170,7 +170,7 @@ class AnomalyEngine:
     def _new_bank(self, seed: int) -> MemoryBank:
         cfg = self.bank_cfg
         return MemoryBank(cfg["levels"], cfg.get("pool", 1), cfg.get("augmentations"), cfg.get("max_patches", 50_000),
-                          seed, cfg.get("self_radius", 0))
+                          seed, cfg.get("self_radius", 0), cfg.get("precision", "auto"))
 
     def _new_stats(self, originals: list[EncodedImages], relative: bool) -> GlobalStats | None:
         """Texture statistics, for surfaces with at least two references (measured in docs/RESULTS.md):
@@ -218,21 +218,32 @@ class AnomalyEngine:
     def _held_out_levels(self, per_view: list[EncodedImages], n_images: int, full: ReferenceSet,
                          class_name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw map peaks and texture shifts of normal views scored against references that did not
-        contain them: leave one image out when there are several; with one image, leave one of its
-        augmented views out (the bank's augmentations declare those views normal too; for objects
-        they differ about as much as two photos of normal parts do, surfaces get a margin)."""
+        contain them: with several images, each image of a fold against a bank of the other folds
+        (leave-one-out up to `held_out_folds` images, so 64 references cost 5 banks, not 64); with one
+        image, each augmented view against the others (the bank's augmentations declare those views
+        normal too; for objects they differ about as much as two photos of normal parts do, surfaces
+        get a margin)."""
         n_views = len(per_view) // n_images
-        groups = [range(i * n_views, (i + 1) * n_views) for i in range(n_images)] if n_images >= 2 else [[v] for v in range(n_views)]
         peaks, shifts = [], []
-        for group in groups:
-            others = [view for index, view in enumerate(per_view) if index not in group]
+        for held_out_views in self._held_out_folds(n_images, n_views):
+            others = [view for index, view in enumerate(per_view) if index not in held_out_views]
             held_out = replace(full, bank=self._new_bank(seed).fit_features([view.levels for view in others]))
-            query = per_view[group[0]]
-            peaks.append(float(self.raw_maps(query, held_out, self.text_maps(query, class_name)).max()))
             stats = self._new_stats(others[::n_views], full.relative) if full.stats is not None else None
-            if stats is not None:
-                shifts.append(float(stats.distance(query.levels)[0]))
+            # the unaugmented view of each held-out image (or the single held-out view)
+            for query in (per_view[index] for index in held_out_views if n_images == 1 or index % n_views == 0):
+                peaks.append(float(self.raw_maps(query, held_out, self.text_maps(query, class_name)).max()))
+                if stats is not None:
+                    shifts.append(float(stats.distance(query.levels)[0]))
         return np.asarray(peaks), np.asarray(shifts)
+
+    def _held_out_folds(self, n_images: int, n_views: int) -> list[set[int]]:
+        """View indices held out together: one view at a time for one image, else the views of
+        every image in a fold (image i in fold i mod k)."""
+        if n_images == 1:
+            return [{view} for view in range(n_views)]
+        k = min(n_images, int(self.threshold_cfg.get("held_out_folds", 5)))
+        return [{image * n_views + view for image in range(fold, n_images, k) for view in range(n_views)}
+                for fold in range(k)]
 
     def zero_shot_threshold(self) -> float:
         return float(self.threshold_cfg.get("zero_shot", 0.5))

@@ -11,7 +11,7 @@ from assistant.encoders.embedded import efficientnet_weights_path
 from assistant.encoders.openclip import evenly_spaced_blocks
 from assistant.engine import AnomalyEngine, EngineError
 from assistant.maps.anomaly_map import find_regions, position_word
-from assistant.maps.memory_bank import greedy_coreset
+from assistant.maps.memory_bank import MemoryBank, greedy_coreset, similarity_dtype
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,31 @@ def test_same_references_same_threshold_and_cache(engine, textile_images):
     second = engine.references([im.copy() for im in textile_images[:2]], "textile")
     assert first is second  # cached by content
     assert first.threshold > 0 and len(first.normal_scores) == 2  # leave-one-out over 2 references
+
+
+def test_many_references_are_held_out_in_folds(textile_images):
+    engine = AnomalyEngine("embedded", checkpoint_dir="/nonexistent-untrained")
+    folds = engine._held_out_folds(n_images=7, n_views=4)
+    assert len(folds) == 5  # the preset's cap, not one bank per reference
+    assert sorted(v for fold in folds for v in fold) == list(range(28))
+    assert all(len({v // 4 for v in fold}) * 4 == len(fold) for fold in folds)  # whole images only
+    engine.threshold_cfg["held_out_folds"] = 2
+    references = engine.references(textile_images, "textile")
+    assert len(references.normal_scores) == 4 and references.normal_scores.max() == pytest.approx(1.0)
+
+
+def test_low_precision_similarity_matches_float32(textile_images):
+    with pytest.raises(ValueError, match="precision"):
+        similarity_dtype("half", torch.device("cpu"))
+    encoder = create_encoder({"kind": "embedded", "image_size": 256})
+    levels = encoder.encode_images(textile_images[:3]).levels
+    views = [[level[i:i + 1] for level in levels] for i in range(2)]
+    query = [level[2:3] for level in levels]
+    exact, fast = (MemoryBank([1, 2], pool=1, self_radius=2, precision=p).fit_features(views).distance_maps(query)
+                   for p in ("float32", "bfloat16"))
+    for a, b in zip(exact, fast):
+        assert b.dtype == torch.float32
+        assert (a - b).abs().max() < 0.01 < a.mean()
 
 
 def test_without_references_an_untrained_engine_says_what_to_do(engine, textile_images):
