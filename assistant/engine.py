@@ -230,7 +230,7 @@ class AnomalyEngine:
             held_out = replace(full, bank=self._new_bank(seed).fit_features([view.levels for view in others]))
             stats = self._new_stats(others[::n_views], full.relative) if full.stats is not None else None
             # the unaugmented view of each held-out image (or the single held-out view)
-            for query in (per_view[index] for index in held_out_views if n_images == 1 or index % n_views == 0):
+            for query in (per_view[index] for index in sorted(held_out_views) if n_images == 1 or index % n_views == 0):
                 peaks.append(float(self.raw_maps(query, held_out, self.text_maps(query, class_name)).max()))
                 if stats is not None:
                     shifts.append(float(stats.distance(query.levels)[0]))
@@ -241,7 +241,7 @@ class AnomalyEngine:
         every image in a fold (image i in fold i mod k)."""
         if n_images == 1:
             return [{view} for view in range(n_views)]
-        k = min(n_images, int(self.threshold_cfg.get("held_out_folds", 5)))
+        k = min(n_images, max(2, int(self.threshold_cfg.get("held_out_folds", 5))))  # 1 fold would leave no bank
         return [{image * n_views + view for image in range(fold, n_images, k) for view in range(n_views)}
                 for fold in range(k)]
 
