@@ -76,7 +76,10 @@ def grounded_answer(intent: str, detection: Detection | None, follow_up: bool = 
 def _where(templates: dict, detection: Detection) -> str:
     if not detection.anomalous:
         return templates["where"]["none"]
-    return templates["where"]["one" if len({r.position for r in detection.regions}) <= 1 else "many"]
+    positions = {r.position for r in detection.regions}
+    if positions == {prompts.whole_position()}:
+        return templates["where"]["whole"]
+    return templates["where"]["one" if len(positions) <= 1 else "many"]
 
 
 def lead_sentence(intent: str, detection: Detection | None, follow_up: bool = False) -> str:

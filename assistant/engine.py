@@ -17,12 +17,12 @@ from PIL import Image
 from . import checkpoint
 from .config import load_preset, resolve_path
 from .encoders import EncodedImages, create_encoder
-from .maps.anomaly_map import find_regions, merge_levels, smooth, to_image_size
+from .maps.anomaly_map import find_regions, merge_levels, smooth, to_image_size, whole_image_region
 from .foreground import foreground_box
 from .maps.global_stats import GlobalStats
 from .maps.memory_bank import MemoryBank, augment
 from .maps.text_map import TextMap
-from .result import Detection
+from .result import Detection, Region
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,9 @@ class ReferenceSet:
     n_images: int
     peak_unit: float = 1.0  # highest raw map peak of a held-out normal view
     global_unit: float = 1.0  # largest texture-statistics shift of a held-out normal view
+    # One reference: (weight, normal level) of a texture term added to the map peak rather than
+    # deciding alone, since its unit is only the reference's own tile-to-tile spread.
+    texture_hinge: tuple[float, float] | None = None
     normal_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # held-out map peaks / peak_unit
     threshold: float = 1.0
 
@@ -134,7 +137,8 @@ class AnomalyEngine:
 
         With references, maps are in units of the normal level the references set (1 = the
         highest peak a held-out normal view reached), and the score is the larger of the map's peak
-        and the texture-statistics shift in units of the references' own spread.
+        and the texture-statistics shift in units of the references' own spread (with one
+        reference: the peak plus the weighted part of the shift above its normal level).
         """
         if text_maps is None:
             text_maps = self.text_maps(encoded, class_name)
@@ -142,10 +146,14 @@ class AnomalyEngine:
             maps = self.fuse(None, text_maps)
             return maps, maps.reshape(len(maps), -1).max(axis=1)
         maps = self.raw_maps(encoded, references, text_maps) / references.peak_unit
-        global_terms = np.zeros(len(maps))
-        if references.stats is not None:
-            global_terms = references.stats.distance(encoded.levels).numpy() / references.global_unit
-        return maps, np.maximum(maps.reshape(len(maps), -1).max(axis=1), global_terms)
+        peaks = maps.reshape(len(maps), -1).max(axis=1)
+        if references.stats is None:
+            return maps, peaks
+        shifts = references.stats.distance(encoded.levels).numpy() / references.global_unit
+        if references.texture_hinge is None:
+            return maps, np.maximum(peaks, shifts)
+        weight, normal_level = references.texture_hinge
+        return maps, peaks + weight * np.maximum(shifts - normal_level, 0.0)
 
     def raw_maps(self, encoded: EncodedImages, references: ReferenceSet, text_maps: torch.Tensor | None) -> np.ndarray:
         """Fused, smoothed maps before calibration; relative sets divide each by its own mean, so
@@ -173,12 +181,25 @@ class AnomalyEngine:
                           seed, cfg.get("self_radius", 0), cfg.get("precision", "auto"))
 
     def _new_stats(self, originals: list[EncodedImages], relative: bool) -> GlobalStats | None:
-        """Texture statistics, for surfaces with at least two references (measured in docs/RESULTS.md):
-        on a cropped object they move with pose and framing (tire 85.5 -> 66.3 image AUROC when
-        added), and one reference cannot show how much tone and finish vary between normal parts
-        (its own flipped views vary ten times less than two magnetic tiles: 71.8 -> 56.6 when added)."""
+        """Whole-image texture statistics, for surfaces with at least two references: on a cropped
+        object they move with pose and framing (tire 85.5 -> 66.3 image AUROC when added; see
+        docs/RESULTS.md)."""
         levels = self.map_cfg.get("global_levels", [])
         return GlobalStats(levels).fit([view.levels for view in originals]) if levels and not relative else None
+
+    def _one_reference_texture(self, reference: EncodedImages, full: ReferenceSet) -> None:
+        """Tile statistics for one surface reference, in units of its own tile-to-tile spread.
+
+        Nothing shows how far texture moves between normal parts: flipped views move it more than
+        two normal textiles differ and less than two normal magnetic tiles, so the term gets a
+        modest weight above a fixed normal level (`one_reference_texture`) instead of a threshold."""
+        cfg = self.map_cfg.get("one_reference_texture")
+        levels = self.map_cfg.get("global_levels", [])
+        if not cfg or not levels or full.relative:
+            return
+        full.stats = GlobalStats(levels, int(cfg.get("grid", 2)), int(cfg.get("border", 1))).fit([reference.levels])
+        full.global_unit = max(full.stats.tile_spread(), 1e-6)  # a blank reference has no spread
+        full.texture_hinge = (float(cfg.get("weight", 0.5)), float(cfg.get("normal_level", 0.5)))
 
     def _margin(self, relative: bool, n_images: int) -> float:
         """Threshold in units of the highest held-out normal peak. One reference held out against
@@ -213,6 +234,8 @@ class AnomalyEngine:
         full.peak_unit = float(peaks.max())
         full.global_unit = float(shifts.max()) if shifts.size else 1.0
         full.normal_scores = peaks / full.peak_unit
+        if len(images) == 1:
+            self._one_reference_texture(per_view[0], full)
         return full
 
     def _held_out_levels(self, per_view: list[EncodedImages], n_images: int, full: ReferenceSet,
@@ -261,13 +284,20 @@ class AnomalyEngine:
         width, height = image.size
         full_map = place_map(maps[0], box, width, height)
         anomalous = bool(score > threshold)
-        regions = find_regions(full_map, threshold) if anomalous else []
-        if anomalous and not regions:
-            regions = find_regions(full_map, float(np.quantile(full_map, 0.995)))[:1]
+        regions = anomalous_regions(full_map, float(maps[0].max()), threshold) if anomalous else []
         return Detection(anomalous=anomalous, score=score, threshold=float(threshold), anomaly_map=full_map,
                          regions=regions, image_size=(width, height),
                          mode="few-shot" if reference_set else "zero-shot",
                          n_references=len(references or []), class_name=class_name)
+
+
+def anomalous_regions(full_map: np.ndarray, map_peak: float, threshold: float) -> list[Region]:
+    """Where to look on a part judged anomalous: the whole image when only the texture statistics
+    crossed the threshold, else the areas above it (or, when resizing the map to the image lowered
+    its peak below the threshold, the single hottest area)."""
+    if map_peak <= threshold:
+        return [whole_image_region(full_map)]
+    return find_regions(full_map, threshold) or find_regions(full_map, float(np.quantile(full_map, 0.995)))[:1]
 
 
 def place_map(small_map: np.ndarray, box: tuple[int, int, int, int], width: int, height: int) -> np.ndarray:

@@ -29,6 +29,10 @@ def position_grid() -> list[list[str]]:
     return load("positions")["grid"]
 
 
+def whole_position() -> str:
+    return load("positions")["whole"]
+
+
 @lru_cache(maxsize=None)
 def load_text(name: str) -> str:
     path = PROMPTS_DIR / f"{name}.txt"

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from assistant.encoders import create_encoder
 from assistant.encoders.embedded import efficientnet_weights_path
 from assistant.encoders.openclip import evenly_spaced_blocks
+from assistant.answer import grounded_answer
 from assistant.engine import AnomalyEngine, EngineError
 from assistant.maps.anomaly_map import find_regions, position_word
 from assistant.maps.memory_bank import MemoryBank, greedy_coreset, similarity_dtype
@@ -102,6 +104,46 @@ def test_many_references_are_held_out_in_folds(textile_images):
     engine.threshold_cfg["held_out_folds"] = 2
     references = engine.references(textile_images, "textile")
     assert len(references.normal_scores) == 4 and references.normal_scores.max() == pytest.approx(1.0)
+
+
+def test_one_reference_texture_term_lifts_global_weave_changes(engine):
+    """A finer weave over the whole image matches the reference patch by patch; with one reference
+    only the tile statistics, in units of the reference's own tile spread, can see it."""
+    data = pytest.importorskip("conformal_clip_data")
+    open_rgb = lambda p: Image.open(p).convert("RGB")
+    nominal = sorted(data.nominal_dir().glob("*.jpg"))
+    queries = nominal[:12] + sorted(data.global_dir().glob("*.jpg"))[:12]
+    labels = [0] * 12 + [1] * 12
+    encoded = engine.encode_each([engine.prepare(open_rgb(p))[0] for p in queries])
+    with_term, peak_only = [], []
+    for path in nominal[-3:]:  # three references the test images are not
+        reference = engine.references([open_rgb(path)], "textile")
+        assert reference.texture_hinge is not None and reference.stats.grid == 2 and reference.global_unit > 0
+        assessed = [engine.assess(one, reference, "textile") for one in encoded]
+        scores = np.array([float(s[0]) for _, s in assessed])
+        peaks = np.array([float(m.max()) for m, _ in assessed])
+        assert (scores >= peaks - 1e-6).all()  # the term only adds
+        with_term.append(roc_auc_score(labels, scores))
+        peak_only.append(roc_auc_score(labels, peaks))
+    assert np.mean(peak_only) < 0.6 < 0.75 < np.mean(with_term)
+
+
+def test_a_texture_only_anomaly_points_at_the_whole_surface(engine):
+    """When only the texture term crosses the threshold, no area of the map is anomalous: the answer
+    must say the whole part changed instead of boxing an arbitrary hot spot."""
+    data = pytest.importorskip("conformal_clip_data")
+    open_rgb = lambda p: Image.open(p).convert("RGB")
+    reference = [open_rgb(sorted(data.nominal_dir().glob("*.jpg"))[-3])]
+    query = open_rgb(sorted(data.global_dir().glob("*.jpg"))[4])
+    maps, scores = engine.assess(engine.encode([engine.prepare(query)[0]]), engine.references(reference, "textile"), "textile")
+    peak, score = float(maps.max()), float(scores[0])
+    assert score > peak  # the texture term adds to this one
+    between = engine.detect(query, reference, "textile", threshold=(peak + score) / 2)
+    assert between.anomalous and [r.position for r in between.regions] == ["whole surface"]
+    assert between.regions[0].area_fraction == 1.0
+    assert "whole textile differs" in grounded_answer("where", between)
+    below_peak = engine.detect(query, reference, "textile", threshold=0.9 * peak)
+    assert below_peak.anomalous and "whole surface" not in [r.position for r in below_peak.regions]
 
 
 def test_low_precision_similarity_matches_float32(textile_images):

@@ -35,6 +35,14 @@ def position_word(cx: float, cy: float, width: int, height: int) -> str:
     return grid[row][col]
 
 
+def whole_image_region(anomaly_map: np.ndarray) -> Region:
+    """The whole image as one region, for a part whose texture or tone changed everywhere: the
+    texture statistics crossed the threshold but no single area of the map did."""
+    height, width = anomaly_map.shape
+    return Region(box=(0, 0, width, height), position=prompts.whole_position(), area_fraction=1.0,
+                  peak=float(anomaly_map.max()))
+
+
 def find_regions(anomaly_map: np.ndarray, threshold: float, max_regions: int = 5,
                  min_area_fraction: float = 1e-4) -> list[Region]:
     """Connected areas above `threshold`, largest peak first."""
