@@ -43,6 +43,9 @@ def facts(detection: Detection) -> dict:
 def facts_sentence(detection: Detection) -> str:
     """One line of facts for the LLM's system prompt."""
     f = facts(detection)
+    if detection.anomalous and is_whole_surface(detection):
+        return (f"ANOMALOUS. No single area stands out: the texture or tone of the whole {f['class_name']} differs "
+                f"from the reference. Score {f['score']} above threshold {f['threshold']}.")
     if detection.anomalous:
         return (f"ANOMALOUS. Anomalous areas: {f['count']}, at the {f['positions']}. Score {f['score']} "
                 f"above threshold {f['threshold']}. Typical defects: {f['defect']}.")
@@ -76,10 +79,14 @@ def grounded_answer(intent: str, detection: Detection | None, follow_up: bool = 
 def _where(templates: dict, detection: Detection) -> str:
     if not detection.anomalous:
         return templates["where"]["none"]
-    positions = {r.position for r in detection.regions}
-    if positions == {prompts.whole_position()}:
+    if is_whole_surface(detection):
         return templates["where"]["whole"]
-    return templates["where"]["one" if len(positions) <= 1 else "many"]
+    return templates["where"]["one" if len({r.position for r in detection.regions}) <= 1 else "many"]
+
+
+def is_whole_surface(detection: Detection) -> bool:
+    """Flagged by texture statistics alone: one region, the whole image (see engine.anomalous_regions)."""
+    return [r.position for r in detection.regions] == [prompts.whole_position()]
 
 
 def lead_sentence(intent: str, detection: Detection | None, follow_up: bool = False) -> str:

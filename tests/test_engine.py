@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 from assistant.encoders import create_encoder
 from assistant.encoders.embedded import efficientnet_weights_path
 from assistant.encoders.openclip import evenly_spaced_blocks
-from assistant.answer import grounded_answer
+from assistant.answer import facts_sentence, grounded_answer
 from assistant.engine import AnomalyEngine, EngineError
 from assistant.maps.anomaly_map import find_regions, position_word
 from assistant.maps.memory_bank import MemoryBank, greedy_coreset, similarity_dtype
@@ -142,6 +142,7 @@ def test_a_texture_only_anomaly_points_at_the_whole_surface(engine):
     assert between.anomalous and [r.position for r in between.regions] == ["whole surface"]
     assert between.regions[0].area_fraction == 1.0
     assert "whole textile differs" in grounded_answer("where", between)
+    assert "whole textile differs" in facts_sentence(between)  # what the LLM is told
     below_peak = engine.detect(query, reference, "textile", threshold=0.9 * peak)
     assert below_peak.anomalous and "whole surface" not in [r.position for r in below_peak.regions]
 
