@@ -44,8 +44,8 @@ def facts_sentence(detection: Detection) -> str:
     """One line of facts for the LLM's system prompt."""
     f = facts(detection)
     if detection.anomalous and is_whole_surface(detection):
-        return (f"ANOMALOUS. No single area stands out: the texture or tone of the whole {f['class_name']} differs "
-                f"from the reference. Score {f['score']} above threshold {f['threshold']}.")
+        where = prompts.load("answers")["where"]["whole"].format(**f)
+        return f"ANOMALOUS. {where} Score {f['score']} above threshold {f['threshold']}."
     if detection.anomalous:
         return (f"ANOMALOUS. Anomalous areas: {f['count']}, at the {f['positions']}. Score {f['score']} "
                 f"above threshold {f['threshold']}. Typical defects: {f['defect']}.")
