@@ -16,12 +16,16 @@ from assistant.maps.anomaly_map import find_regions, position_word
 from assistant.maps.memory_bank import MemoryBank, greedy_coreset, similarity_dtype
 
 
+def open_rgb(path) -> Image.Image:
+    return Image.open(path).convert("RGB")
+
+
 @pytest.fixture(scope="module")
 def textile_images() -> list[Image.Image]:
     """Real nominal textile photos from the MIT conformal-clip-data set (a PyPI package)."""
     data = pytest.importorskip("conformal_clip_data")
     paths = sorted(data.nominal_dir().glob("*.jpg"))[:4]
-    return [Image.open(p).convert("RGB") for p in paths]
+    return [open_rgb(p) for p in paths]
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +114,6 @@ def test_one_reference_texture_term_lifts_global_weave_changes(engine):
     """A finer weave over the whole image matches the reference patch by patch; with one reference
     only the tile statistics, in units of the reference's own tile spread, can see it."""
     data = pytest.importorskip("conformal_clip_data")
-    open_rgb = lambda p: Image.open(p).convert("RGB")
     nominal = sorted(data.nominal_dir().glob("*.jpg"))
     queries = nominal[:12] + sorted(data.global_dir().glob("*.jpg"))[:12]
     labels = [0] * 12 + [1] * 12
@@ -132,7 +135,6 @@ def test_a_texture_only_anomaly_points_at_the_whole_surface(engine):
     """When only the texture term crosses the threshold, no area of the map is anomalous: the answer
     must say the whole part changed instead of boxing an arbitrary hot spot."""
     data = pytest.importorskip("conformal_clip_data")
-    open_rgb = lambda p: Image.open(p).convert("RGB")
     reference = [open_rgb(sorted(data.nominal_dir().glob("*.jpg"))[-3])]
     query = open_rgb(sorted(data.global_dir().glob("*.jpg"))[4])
     maps, scores = engine.assess(engine.encode([engine.prepare(query)[0]]), engine.references(reference, "textile"), "textile")
