@@ -230,10 +230,11 @@ class AnomalyEngine:
                             threshold=self._margin(relative, len(images)))
         peaks, shifts = self._held_out_levels(per_view, len(images), full, class_name, seed)
         full.peak_unit = float(peaks.max())
-        full.global_unit = float(shifts.max()) if shifts.size else 1.0
         full.normal_scores = peaks / full.peak_unit
         if len(images) == 1:
             self._one_reference_texture(per_view[0], full)
+        elif shifts.size:
+            full.global_unit = float(shifts.max())
         return full
 
     def _held_out_levels(self, per_view: list[EncodedImages], n_images: int, full: ReferenceSet,
