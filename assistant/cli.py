@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="k-shot evaluation on MVTec-layout data")
     ev.add_argument("--data", required=True, help="dataset folder (MVTec layout), a folder of such folders, a good/bad folder, or 'conformal-clip-data'")
     ev.add_argument("--category", action="append", default=None, help="category subfolder to evaluate (repeatable)")
-    ev.add_argument("--shots", type=int, default=1, help="normal references per seed; 0 = zero-shot (needs a trained text map)")
+    ev.add_argument("--shots", type=int, default=1, help="normal references per seed; 0 = zero-shot (each image against itself, fused with the trained text map)")
     ev.add_argument("--seeds", type=int, default=5)
     ev.add_argument("--output", type=Path, default=None, help="results.json path")
     ev.add_argument("--csv", type=Path, default=None, help="per-image scores CSV path")

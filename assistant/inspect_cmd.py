@@ -135,7 +135,7 @@ def _inspect_one(assistant, path: Path, folder: Path, out: Path, references, arg
         result = assistant.chat(image, DEFAULT_QUESTION, references, class_name=args.class_name,
                                 threshold=threshold, max_new_tokens=args.max_new_tokens)
     except EngineError:
-        raise  # e.g. no reference and no trained text map: the same for every image, so stop with one line
+        raise  # e.g. no reference, no self map and no trained text map: the same for every image, so stop with one line
     except (ValueError, RuntimeError, MemoryError) as exc:
         row.error = f"{relative}: {one_line(exc)}"
         return row

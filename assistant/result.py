@@ -29,7 +29,7 @@ class Detection:
     anomaly_map: np.ndarray  # float32 HxW at original image size, comparable to `threshold`
     regions: list[Region] = field(default_factory=list)
     image_size: tuple[int, int] = (0, 0)  # width, height
-    mode: str = "zero-shot"  # "zero-shot" (text map only) or "few-shot" (with references)
+    mode: str = "zero-shot"  # "zero-shot" (self map and text map) or "few-shot" (with references)
     n_references: int = 0
     class_name: str = "object"
 

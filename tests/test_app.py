@@ -76,6 +76,17 @@ def test_ask_endpoint_answers_with_overlay_and_follow_up(app_server, textile):
     assert result2["anomalous"] is True and "anomal" in answer2.lower()
 
 
+def test_without_references_the_answer_is_zero_shot_and_says_so(app_server, textile):
+    """No known-good photo: the engine compares the textile with itself, finds the painted blot, and
+    the confidence answer tells the user how it judged."""
+    c = client(app_server.url)
+    answer, result, history, _ = ask(c, textile["defect"][0], class_name="textile")
+    assert answer.startswith("Yes") and result["anomalous"] is True
+    assert result["regions"][0]["position"] == "top left", result  # the blot at x 40-68, y 60-80 of 250
+    answer2, _, _, _ = ask(c, textile["defect"][0], "How confident are you?", (), history, "textile")
+    assert "without a reference image" in answer2
+
+
 def test_bad_inputs_through_the_api(app_server, bad_inputs):
     c = client(app_server.url)
     reference = bad_inputs["reference.png"].path

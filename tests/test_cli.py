@@ -8,7 +8,7 @@ import shutil
 
 from PIL import Image
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 
 def test_help_lists_the_commands():
@@ -70,12 +70,31 @@ def test_inspect_folder_with_bad_files(textile, bad_inputs, tmp_path):
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
-def test_inspect_zero_shot_without_trained_text_map_is_one_line(textile, tmp_path):
-    """No reference and an empty checkpoint (untrained text map): the engine's one-line reason, exit 2."""
+def test_inspect_zero_shot_works_from_the_images_alone(textile, tmp_path):
+    """No reference and an empty checkpoint (untrained text map): each image is compared with itself,
+    so the painted defect still outranks the normal textile."""
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    shutil.copy(textile["normal"][0], folder / "a_normal.png")
+    shutil.copy(textile["defect"][0], folder / "b_defect.png")
+    empty = tmp_path / "empty_checkpoint"
+    empty.mkdir()
+    result = run_cli("inspect", str(folder), "--out", str(tmp_path / "r"), "--no-llm", "--checkpoint", str(empty))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {r["file"]: r for r in csv.DictReader((tmp_path / "r" / "report.csv").open(encoding="utf-8"))}
+    assert float(rows["b_defect.png"]["score"]) > float(rows["a_normal.png"]["score"])
+    assert rows["b_defect.png"]["anomalous"] == "true" and not rows["b_defect.png"]["error"]
+
+
+def test_inspect_zero_shot_without_any_zero_shot_map_is_one_line(textile, tmp_path):
+    """A preset without the self map and an untrained text map has nothing to judge by: one line, exit 2."""
+    preset = json.loads((REPO / "assistant" / "presets" / "embedded.json").read_text(encoding="utf-8"))
+    preset["anomaly_map"]["zero_shot_self_radius"] = 0
+    (tmp_path / "no_self_map.json").write_text(json.dumps(preset), encoding="utf-8")
     empty = tmp_path / "empty_checkpoint"
     empty.mkdir()
     result = run_cli("inspect", str(textile["normal"][0].parent), "--out", str(tmp_path / "r"), "--no-llm",
-                     "--checkpoint", str(empty))
+                     "--preset", str(tmp_path / "no_self_map.json"), "--checkpoint", str(empty))
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "reference" in last and "Traceback" not in result.stderr

@@ -1,6 +1,7 @@
 """The detection engine on real images: embedded weights, open_clip taps, maps, threshold, regions."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -11,7 +12,9 @@ from assistant.encoders import create_encoder
 from assistant.encoders.embedded import efficientnet_weights_path
 from assistant.encoders.openclip import evenly_spaced_blocks
 from assistant.answer import facts_sentence, grounded_answer
+from assistant.config import load_preset
 from assistant.engine import AnomalyEngine, EngineError
+from assistant.images import load_mask
 from assistant.maps.anomaly_map import find_regions, position_word
 from assistant.maps.memory_bank import MemoryBank, greedy_coreset, similarity_dtype
 
@@ -163,8 +166,20 @@ def test_low_precision_similarity_matches_float32(textile_images):
         assert (a - b).abs().max() < 0.01 < a.mean()
 
 
-def test_without_references_an_untrained_engine_says_what_to_do(engine, textile_images):
+def test_zero_shot_finds_a_defect_from_the_image_alone(engine, textile_images):
+    """No references and untrained adapters: the weave vouches for itself, the blot does not."""
     assert not engine.text_map.trained
+    query = textile_images[1]
+    normal = engine.detect(query, class_name="textile")
+    anomalous = engine.detect(with_blot(query, (24, 176, 42, 194)), class_name="textile")
+    assert normal.mode == anomalous.mode == "zero-shot"
+    assert anomalous.score > normal.score and anomalous.anomalous
+    assert anomalous.regions[0].position == "bottom left"
+
+
+def test_zero_shot_without_a_self_map_needs_a_trained_text_map(textile_images):
+    preset = load_preset("embedded", {"anomaly_map": {"zero_shot_self_radius": 0}})
+    engine = AnomalyEngine(preset, checkpoint_dir="/nonexistent-untrained")
     with pytest.raises(EngineError, match="reference"):
         engine.detect(textile_images[0])
 
@@ -198,3 +213,21 @@ def test_area_resize_keeps_aspect_and_encodes_mixed_sizes(engine, textile_images
     assert engine.map_size(square) == (56, 56)  # 448 px at stride 8
     height, width = engine.map_size(long)
     assert width == 2 * height and abs(width * height - 56 * 56) < 0.1 * 56 * 56
+
+
+def test_zero_shot_points_at_real_tire_holes(tire_dir):
+    """The shipped embedded default, no references, on real photos: holes outrank good tires and the
+    map's hottest point lies on the marked hole."""
+    engine = AnomalyEngine("embedded")
+    holes = sorted((tire_dir / "test" / "hole").glob("*.jpg"))[:6]
+    goods = sorted((tire_dir / "test" / "good").glob("*.jpg"))[:6]
+    scores, hits = [], 0
+    for path in goods + holes:
+        detection = engine.detect(open_rgb(path), class_name="tire")
+        scores.append(detection.score)
+        if path in holes:
+            mask = load_mask(tire_dir / "ground_truth" / "hole" / f"{path.stem}_mask.png", detection.image_size)
+            near = cv2.dilate(mask.astype(np.uint8), np.ones((25, 25), np.uint8)).astype(bool)
+            hits += bool(near.flat[int(np.argmax(detection.anomaly_map))])
+    assert roc_auc_score([0] * len(goods) + [1] * len(holes), scores) > 0.9  # the text map alone: 0.81
+    assert hits >= 4  # the text map alone: 3 of 6

@@ -143,6 +143,13 @@ class MemoryBank:
         return self
 
     @torch.no_grad()
+    def self_distance_maps(self, levels: list[torch.Tensor], radius: int) -> list[torch.Tensor]:
+        """Per configured level, each patch against the rest of its own image only (no references
+        needed: the zero-shot stand-in for `distance_maps`), each B x h_l x w_l."""
+        dtype = similarity_dtype(self.precision, levels[self.levels[0]].device)
+        return [self_distance(aggregate(levels[level], self.pool), radius, dtype) for level in self.levels]
+
+    @torch.no_grad()
     def distance_maps(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
         """1 - max cosine similarity, per configured level, each B x h_l x w_l."""
         if not self.banks:
