@@ -194,10 +194,11 @@ class AnomalyEngine:
             self._reference_cache[key] = self._build_references(images, class_name, seed)
         return self._reference_cache[key]
 
-    def _new_bank(self, seed: int) -> MemoryBank:
+    def _new_bank(self, seed: int, cover: str | None = None) -> MemoryBank:
         cfg = self.bank_cfg
+        cover = cover or cfg.get("cover", "greedy")
         return MemoryBank(cfg["levels"], cfg.get("pool", 1), cfg.get("augmentations"), cfg.get("max_patches", 50_000),
-                          seed, cfg.get("self_radius", 0), cfg.get("precision", "auto"))
+                          seed, cfg.get("self_radius", 0), cfg.get("precision", "auto"), cover)
 
     def _new_stats(self, originals: list[EncodedImages], relative: bool) -> GlobalStats | None:
         """Whole-image texture statistics, for surfaces with at least two references: on a cropped
@@ -265,12 +266,15 @@ class AnomalyEngine:
         (leave-one-out up to `held_out_folds` images, so 64 references cost 5 banks, not 64); with one
         image, each augmented view against the others (the bank's augmentations declare those views
         normal too; for objects they differ about as much as two photos of normal parts do, surfaces
-        get a margin)."""
+        get a margin). Banks above the patch cap are covered as `memory_bank.held_out_cover` says:
+        "random" costs the threshold ~2 % (tire, 16 shots) and saves the k-centre cover that took
+        5/6 of a 16-shot build (docs/RESULTS.md)."""
         n_views = len(per_view) // n_images
+        held_out_cover = self.bank_cfg.get("held_out_cover", "greedy")
         peaks, shifts = [], []
         for held_out_views in self._held_out_folds(n_images, n_views):
             others = [view for index, view in enumerate(per_view) if index not in held_out_views]
-            held_out = replace(full, bank=self._new_bank(seed).fit_features([view.levels for view in others]))
+            held_out = replace(full, bank=self._new_bank(seed, held_out_cover).fit_features([view.levels for view in others]))
             stats = self._new_stats(others[::n_views], full.relative) if full.stats is not None else None
             # the unaugmented view of each held-out image (or the single held-out view)
             for query in (per_view[index] for index in sorted(held_out_views) if n_images == 1 or index % n_views == 0):

@@ -61,6 +61,9 @@ def run_benchmark(preset: str = "embedded", checkpoint_dir: str | None = None, f
         row = stage_times(engine, queries, one_shot, batch, repeats if batch == 1 else max(1, repeats // 3))
         report["batch"][batch] = row
         print(f"{batch:>6}{row['features_ms']:>18.1f}{row['map_ms']:>19.1f}{row['total_ms']:>15.1f}")
+    zero_shot = stage_times(engine, queries, None, 1, repeats)
+    report["zero_shot"] = zero_shot
+    print(f"zero-shot (no references), batch 1: map+score {zero_shot['map_ms']:.1f} ms/img")
     encoded = engine.encode(queries[:1])
     print(f"{'shots':>6}{'bank patches':>15}{'build s':>9}{'map+score ms/img':>19}")
     for shots in SHOTS:

@@ -16,7 +16,7 @@ from assistant.config import load_preset
 from assistant.engine import AnomalyEngine, EngineError
 from assistant.images import load_mask
 from assistant.maps.anomaly_map import find_regions, position_word
-from assistant.maps.memory_bank import MemoryBank, greedy_coreset, similarity_dtype
+from assistant.maps.memory_bank import MemoryBank, greedy_coreset, random_subset, similarity_dtype
 
 
 def open_rgb(path) -> Image.Image:
@@ -202,6 +202,17 @@ def test_coreset_keeps_size_and_covers_clusters():
     assert core.shape == (20, 16)
     nearest_centre = torch.cdist(core, centres).argmin(dim=1)
     assert set(nearest_centre.tolist()) == set(range(5))
+
+
+def test_random_cover_keeps_distinct_bank_rows_and_unknown_covers_are_refused():
+    bank = torch.randn(1000, 16, generator=torch.Generator().manual_seed(1))
+    subset = random_subset(bank, 100, seed=3)
+    assert subset.shape == (100, 16) and torch.equal(subset, random_subset(bank, 100, seed=3))
+    rows = (subset[:, None] == bank[None]).all(dim=-1).nonzero()[:, 1]
+    assert rows.unique().numel() == 100  # each an original row, none twice
+    assert random_subset(bank[:50], 100).shape == (50, 16)  # under the cap: the whole bank
+    with pytest.raises(ValueError, match="cover"):
+        MemoryBank([1], cover="kmeans")
 
 
 def test_area_resize_keeps_aspect_and_encodes_mixed_sizes(engine, textile_images):

@@ -62,6 +62,16 @@ def greedy_coreset(bank: torch.Tensor, size: int, seed: int = 0, projection_dim:
     return bank[torch.cat(picked)]
 
 
+def random_subset(bank: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
+    """`size` rows drawn without replacement: a cheaper, less even cover than `greedy_coreset`."""
+    if bank.shape[0] <= size:
+        return bank
+    return bank[torch.randperm(bank.shape[0], generator=torch.Generator().manual_seed(seed))[:size]]
+
+
+COVERS = {"greedy": greedy_coreset, "random": random_subset}
+
+
 def similarity_dtype(precision: str, device: torch.device) -> torch.dtype:
     """The dtype patch similarities are computed in. "auto": bfloat16 where the hardware multiplies
     it natively (AVX512-BF16/AMX CPUs, recent GPUs), which more than halves the dominant cost of a
@@ -122,7 +132,11 @@ class MemoryBank:
     """Per-level banks of L2-normalised reference patches."""
 
     def __init__(self, levels: list[int], pool: int = 3, augmentations: list[str] | None = None,
-                 max_patches: int = 50_000, seed: int = 0, self_radius: int = 0, precision: str = "auto"):
+                 max_patches: int = 50_000, seed: int = 0, self_radius: int = 0, precision: str = "auto",
+                 cover: str = "greedy"):
+        if cover not in COVERS:
+            raise ValueError(f"unknown memory-bank cover {cover!r}; choose {' or '.join(COVERS)}")
+        self.cover = COVERS[cover]
         self.levels = levels
         self.precision = precision
         self.pool = pool
@@ -136,8 +150,8 @@ class MemoryBank:
         """Build from encoded reference views (each a list of level tensors)."""
         dtype = similarity_dtype(self.precision, levels_per_view[0][0].device)
         self.banks = [
-            greedy_coreset(torch.cat([patches(aggregate(view[level], self.pool)) for view in levels_per_view]),
-                           self.max_patches, self.seed).to(dtype)
+            self.cover(torch.cat([patches(aggregate(view[level], self.pool)) for view in levels_per_view]),
+                       self.max_patches, self.seed).to(dtype)
             for level in self.levels
         ]
         return self
