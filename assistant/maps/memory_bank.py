@@ -158,8 +158,9 @@ class MemoryBank:
 
     @torch.no_grad()
     def self_distance_maps(self, levels: list[torch.Tensor], radius: int) -> list[torch.Tensor]:
-        """Per configured level, each patch against the rest of its own image only (no references
-        needed: the zero-shot stand-in for `distance_maps`), each B x h_l x w_l."""
+        """Per configured level, each patch against the rest of its own image only, each
+        B x h_l x w_l: needs no references, so it is the zero-shot map as well as the second
+        opinion `distance_maps` takes with `self_radius`."""
         dtype = similarity_dtype(self.precision, levels[self.levels[0]].device)
         return [self_distance(aggregate(levels[level], self.pool), radius, dtype) for level in self.levels]
 
@@ -172,8 +173,7 @@ class MemoryBank:
         for level, bank in zip(self.levels, self.banks):
             feature = aggregate(levels[level], self.pool)
             b, _, h, w = feature.shape
-            distance = (1.0 - nearest_similarity(patches(feature), bank)).reshape(b, h, w)
-            if self.self_radius > 0:
-                distance = torch.minimum(distance, self_distance(feature, self.self_radius, bank.dtype))
-            maps.append(distance)
+            maps.append((1.0 - nearest_similarity(patches(feature), bank)).reshape(b, h, w))
+        if self.self_radius > 0:
+            maps = [torch.minimum(d, s) for d, s in zip(maps, self.self_distance_maps(levels, self.self_radius))]
         return maps
