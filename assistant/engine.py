@@ -167,11 +167,14 @@ class AnomalyEngine:
     def _zero_shot(self, encoded: EncodedImages, text_maps: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
         """Without references nothing sets a normal level, so a self map is divided by its own mean:
         the score is how far the worst area stands out from the rest of the same image, a unit that
-        one threshold (`threshold.zero_shot`) can serve for every kind of part."""
+        one threshold (`threshold.zero_shot`) can serve for every kind of part. The mean is floored
+        at `anomaly_map.zero_shot_min_mean`: on a blank part every patch matches its neighbours, and
+        the tiny border effects left would otherwise be divided into "defects" in every corner."""
         self_maps = self.self_maps(encoded)
         maps = self.fuse(self_maps, text_maps)
         if self_maps is not None:
-            maps = maps / np.maximum(maps.mean(axis=(1, 2), keepdims=True), 1e-6)
+            floor = max(float(self.map_cfg.get("zero_shot_min_mean", 0.0)), 1e-6)
+            maps = maps / np.maximum(maps.mean(axis=(1, 2), keepdims=True), floor)
         return maps, maps.reshape(len(maps), -1).max(axis=1)
 
     def raw_maps(self, encoded: EncodedImages, references: ReferenceSet, text_maps: torch.Tensor | None) -> np.ndarray:

@@ -177,6 +177,13 @@ def test_zero_shot_finds_a_defect_from_the_image_alone(engine, textile_images):
     assert anomalous.regions[0].position == "bottom left"
 
 
+def test_zero_shot_leaves_a_blank_part_alone(engine):
+    """A plain grey image has nothing that stands out; only border effects remain, and they must not
+    be divided into defects in every corner."""
+    detection = engine.detect(Image.new("RGB", (300, 300), (128, 128, 128)), class_name="plate")
+    assert not detection.anomalous and detection.regions == []
+
+
 def test_zero_shot_without_a_self_map_needs_a_trained_text_map(textile_images):
     preset = load_preset("embedded", {"anomaly_map": {"zero_shot_self_radius": 0}})
     engine = AnomalyEngine(preset, checkpoint_dir="/nonexistent-untrained")
