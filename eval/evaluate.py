@@ -148,7 +148,7 @@ def run_evaluation(data: str, categories: list[str] | None, shots: int, seeds: i
     from assistant.config import load_preset
 
     if shots < 0:
-        raise ValueError("--shots must be 0 (zero-shot, trained text map only) or more")
+        raise ValueError("--shots must be 0 (zero-shot: no references) or more")
     if seeds < 1:
         raise ValueError("--seeds must be at least 1")
     splits = discover(data, categories)
