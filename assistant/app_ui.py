@@ -208,7 +208,8 @@ def verdict_html(detection, seconds: float | None = None) -> str:
     fraction = max(0.0, min(1.0, detection.score / max(2.0 * detection.threshold, 1e-9)))
     colour = "#c62828" if bad else "#2e7d32"
     mode = (f"few-shot, {detection.n_references} reference{'s' if detection.n_references != 1 else ''}"
-            if detection.mode == "few-shot" else "zero-shot")
+            if detection.mode == "few-shot" else
+            "zero-shot: the threshold is not calibrated on your parts; add a known-good reference for that")
     where = ", ".join(html.escape(r.position) for r in detection.regions)
     lines = [
         f"<div class='verdict {'bad' if bad else 'ok'}' id='verdict'>",

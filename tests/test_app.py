@@ -85,6 +85,9 @@ def test_without_references_the_answer_is_zero_shot_and_says_so(app_server, text
     assert result["regions"][0]["position"] == "top left", result  # the blot at x 40-68, y 60-80 of 250
     answer2, _, _, _ = ask(c, textile["defect"][0], "How confident are you?", (), history, "textile")
     assert "without a reference image" in answer2
+    _, heatmap, verdict, _, _ = chat(c, textile["defect"][0], "Is there any anomaly?", [])
+    assert heatmap and "ANOMALY DETECTED" in verdict and "Regions: top left" in verdict
+    assert "zero-shot" in verdict and "add a known-good reference" in verdict
 
 
 def test_bad_inputs_through_the_api(app_server, bad_inputs):
