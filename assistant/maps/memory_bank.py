@@ -156,24 +156,28 @@ class MemoryBank:
         ]
         return self
 
+    def _features(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [aggregate(levels[level], self.pool) for level in self.levels]
+
+    def _self_distances(self, features: list[torch.Tensor], radius: int) -> list[torch.Tensor]:
+        dtype = similarity_dtype(self.precision, features[0].device)
+        return [self_distance(feature, radius, dtype) for feature in features]
+
     @torch.no_grad()
     def self_distance_maps(self, levels: list[torch.Tensor], radius: int) -> list[torch.Tensor]:
         """Per configured level, each patch against the rest of its own image only, each
         B x h_l x w_l: needs no references, so it is the zero-shot map as well as the second
         opinion `distance_maps` takes with `self_radius`."""
-        dtype = similarity_dtype(self.precision, levels[self.levels[0]].device)
-        return [self_distance(aggregate(levels[level], self.pool), radius, dtype) for level in self.levels]
+        return self._self_distances(self._features(levels), radius)
 
     @torch.no_grad()
     def distance_maps(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
         """1 - max cosine similarity, per configured level, each B x h_l x w_l."""
         if not self.banks:
             raise RuntimeError("memory bank is empty: call fit() with reference images first")
-        maps = []
-        for level, bank in zip(self.levels, self.banks):
-            feature = aggregate(levels[level], self.pool)
-            b, _, h, w = feature.shape
-            maps.append((1.0 - nearest_similarity(patches(feature), bank)).reshape(b, h, w))
+        features = self._features(levels)
+        maps = [(1.0 - nearest_similarity(patches(feature), bank)).reshape(feature.shape[0], *feature.shape[-2:])
+                for feature, bank in zip(features, self.banks)]
         if self.self_radius > 0:
-            maps = [torch.minimum(d, s) for d, s in zip(maps, self.self_distance_maps(levels, self.self_radius))]
+            maps = [torch.minimum(d, s) for d, s in zip(maps, self._self_distances(features, self.self_radius))]
         return maps
