@@ -1,4 +1,4 @@
-"""Anomaly synthesis (training/synthesis.py) on real normal images.
+"""Anomaly synthesis (training/synthesis/) on real normal images.
 
 Textile images come from the MIT `conformal-clip-data` package; the tire images from
 ../shared/datasets/tire (skipped with a message when that folder is absent).

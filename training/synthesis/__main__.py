@@ -1,0 +1,3 @@
+from .preview import main
+
+raise SystemExit(main())
