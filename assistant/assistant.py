@@ -75,7 +75,7 @@ class Assistant:
         """Load the LLM, the bridge and any LoRA adapter now (the app calls this once at start-up)."""
         if self.use_llm and self.model is None:
             from .llm.bridge import Bridge
-            from .llm.loading import LLMConfig, load_llm, load_lora
+            from .llm import LLMConfig, load_llm, load_lora
 
             cfg = LLMConfig.from_dict(self.llm_settings)
             model, tokenizer = load_llm(cfg)

@@ -1,4 +1,4 @@
-"""Real-model tests for assistant.llm.loading (embedded SmolLM2-135M-Instruct, no mocks).
+"""Real-model tests for assistant.llm: loading, the embedded cache, LoRA (embedded SmolLM2-135M-Instruct, no mocks).
 
 The GGUF -> safetensors conversion runs once per test session, into a temporary cache root shared by every test.
 Run with ``-s`` to see the measured times.

@@ -87,7 +87,7 @@ class TrainableAssistant(torch.nn.Module):
 
         self.llm = self.tokenizer = self.bridge = None
         if use_llm:
-            from assistant.llm.loading import LLMConfig, add_lora, load_llm
+            from assistant.llm import LLMConfig, add_lora, load_llm
 
             self.llm_cfg = LLMConfig.from_dict({**self.preset.get("llm", {}), **(llm_overrides or {})})
             llm, self.tokenizer = load_llm(self.llm_cfg, device="cpu")
@@ -173,7 +173,7 @@ class TrainableAssistant(torch.nn.Module):
         checkpoint.save_module(self.text_map, folder / checkpoint.ADAPTERS_FILE,
                                {"encoder": self.preset["encoder"]["model"], "image_size": self.preset["encoder"]["image_size"]})
         if self.use_llm:
-            from assistant.llm.loading import save_lora
+            from assistant.llm import save_lora
 
             checkpoint.save_module(self.bridge, folder / checkpoint.BRIDGE_FILE)
             save_lora(self.llm, folder / checkpoint.LORA_DIR)
