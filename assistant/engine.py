@@ -22,6 +22,7 @@ from .foreground import foreground_box
 from .maps.global_stats import GlobalStats
 from .maps.memory_bank import MemoryBank, augment
 from .maps.text_map import TextMap
+from .maps.texture_map import TextureBank
 from .result import Detection, Region
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class ReferenceSet:
     texture_normal: float = 1.0  # shift, in global units, up to which texture counts as normal
     normal_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # held-out map peaks / peak_unit
     threshold: float = 1.0
+    texture: TextureBank | None = None  # window statistics of surface references (objects: None)
 
 
 class AnomalyEngine:
@@ -95,6 +97,13 @@ class AnomalyEngine:
                     out[index] = EncodedImages([level[b:b + 1] for level in encoded.levels], encoded.embedding[b:b + 1])
         return out
 
+    def scoring_levels(self) -> set[int]:
+        """Encoder levels that scoring reads once the text map is made (batch evaluation drops the rest)."""
+        levels = set(self.bank_cfg["levels"]) | set(self.map_cfg.get("global_levels", []))
+        if self.map_cfg.get("texture_map"):
+            levels.add(int(self.map_cfg["texture_map"]["level"]))
+        return levels
+
     def map_size(self, encoded: EncodedImages) -> tuple[int, int]:
         """Maps live on the grid of the finest memory-bank level; sigma is in cells of that grid."""
         level = encoded.levels[int(self.map_cfg.get("grid_level", min(self.bank_cfg["levels"])))]
@@ -112,6 +121,11 @@ class AnomalyEngine:
     @torch.no_grad()
     def bank_maps(self, encoded: EncodedImages, bank: MemoryBank) -> torch.Tensor:
         return merge_levels(bank.distance_maps(encoded.levels), self.map_size(encoded))
+
+    @torch.no_grad()
+    def texture_maps(self, encoded: EncodedImages, texture: TextureBank) -> np.ndarray:
+        """B x h x w texture-statistics distance on the map grid, in units of the references' own spread."""
+        return merge_levels([texture.distance_maps(encoded.levels)], self.map_size(encoded)).numpy()
 
     @torch.no_grad()
     def self_maps(self, encoded: EncodedImages) -> torch.Tensor | None:
@@ -150,7 +164,8 @@ class AnomalyEngine:
         `texture.weight` x the part of the texture-statistics shift above its normal level: added,
         not a max, so a surface whose tone varies between normal parts more than the references
         show still ranks by its map (docs/RESULTS.md: 4 references, magnetic tile 67.0 -> 71.7,
-        textile local 82.9 -> 92.0, global 100 -> 99.8).
+        textile local 82.9 -> 92.0, global 100 -> 99.8). Surface maps also carry the texture map
+        (`with_texture_map`); scores never do.
         """
         if text_maps is None:
             text_maps = self.text_maps(encoded, class_name)
@@ -158,6 +173,7 @@ class AnomalyEngine:
             return self._zero_shot(encoded, text_maps)
         maps = self.raw_maps(encoded, references, text_maps) / references.peak_unit
         peaks = maps.reshape(len(maps), -1).max(axis=1)
+        maps = self.with_texture_map(maps, encoded, references)
         if references.stats is None:
             return maps, peaks
         shifts = references.stats.distance(encoded.levels).numpy() / references.global_unit
@@ -176,6 +192,17 @@ class AnomalyEngine:
             floor = max(float(self.map_cfg.get("zero_shot_min_mean", 0.0)), 1e-6)
             maps = maps / np.maximum(maps.mean(axis=(1, 2), keepdims=True), floor)
         return maps, maps.reshape(len(maps), -1).max(axis=1)
+
+    def with_texture_map(self, maps: np.ndarray, encoded: EncodedImages, references: ReferenceSet) -> np.ndarray:
+        """Surfaces: the texture map's excess over the references' own spread added to the map, which
+        says where to look, but not to the score: it finds zones finished differently (magnetic tile
+        "uneven") yet also fires on normal tiles whose grinding differs from the reference's, which
+        costs image AUROC when it decides (docs/RESULTS.md)."""
+        if references.texture is None:
+            return maps
+        cfg = self.map_cfg["texture_map"]
+        excess = np.maximum(self.texture_maps(encoded, references.texture) - float(cfg.get("normal_level", 0.0)), 0.0)
+        return maps + float(cfg["weight"]) * excess / references.peak_unit
 
     def raw_maps(self, encoded: EncodedImages, references: ReferenceSet, text_maps: torch.Tensor | None) -> np.ndarray:
         """Fused, smoothed maps before calibration; relative sets divide each by its own mean, so
@@ -209,6 +236,16 @@ class AnomalyEngine:
         docs/RESULTS.md)."""
         levels = self.map_cfg.get("global_levels", [])
         return GlobalStats(levels).fit([view.levels for view in originals]) if levels and not relative else None
+
+    def _new_texture(self, views: list[EncodedImages], originals: list[EncodedImages], relative: bool) -> TextureBank | None:
+        """Window texture statistics for surfaces (`anomaly_map.texture_map`); objects are cropped and
+        posed differently from photo to photo, so their window statistics move without a defect."""
+        cfg = self.map_cfg.get("texture_map")
+        if not cfg or relative:
+            return None
+        return TextureBank(int(cfg["level"]), int(cfg.get("window", 15)), int(cfg.get("max_windows", 16_384)),
+                           int(cfg.get("query_stride", 2))).fit(
+            [view.levels for view in views], [view.levels for view in originals])
 
     def _one_reference_texture(self, reference: EncodedImages, full: ReferenceSet) -> None:
         """Tile statistics for one surface reference, in units of its own tile-to-tile spread.
@@ -251,8 +288,8 @@ class AnomalyEngine:
         per_view = self.encode_each(augment(images, bank.augmentations))
         bank.fit_features([view.levels for view in per_view])
         stats = self._new_stats(per_view[::n_views], relative) if len(images) >= 2 else None
-        full = ReferenceSet(bank, stats, relative, len(images),
-                            threshold=self._margin(relative, len(images)))
+        full = ReferenceSet(bank, stats, relative, len(images), threshold=self._margin(relative, len(images)),
+                            texture=self._new_texture(per_view, per_view[::n_views], relative))
         peaks, shifts = self._held_out_levels(per_view, len(images), full, class_name, seed)
         full.peak_unit = float(peaks.max())
         full.normal_scores = peaks / full.peak_unit

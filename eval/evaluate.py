@@ -40,7 +40,7 @@ class EncodedTest:
 
 
 def encode_tests(engine: AnomalyEngine, split: Split, class_name: str, batch_size: int, progress: bool) -> list[EncodedTest]:
-    keep = set(engine.bank_cfg["levels"]) | set(engine.map_cfg.get("global_levels", []))
+    keep = engine.scoring_levels()
     out: list[EncodedTest] = []
     samples = split.test
     bar = tqdm(total=len(samples), desc=f"{split.name}: encode", disable=not progress, leave=False)

@@ -115,23 +115,30 @@ def test_many_references_are_held_out_in_folds(textile_images):
 
 def test_one_reference_texture_term_lifts_global_weave_changes(engine):
     """A finer weave over the whole image matches the reference patch by patch; with one reference
-    only the tile statistics, in units of the reference's own tile spread, can see it."""
+    only texture statistics can see it: the tile statistics in the score, in units of the
+    reference's own tile spread, and (partly) the window statistics of the texture map."""
     data = pytest.importorskip("conformal_clip_data")
     nominal = sorted(data.nominal_dir().glob("*.jpg"))
     queries = nominal[:12] + sorted(data.global_dir().glob("*.jpg"))[:12]
     labels = [0] * 12 + [1] * 12
+    patch_maps_only = AnomalyEngine({**engine.preset, "anomaly_map": {k: v for k, v in engine.map_cfg.items() if k != "texture_map"}},
+                                    checkpoint_dir="/nonexistent-untrained")
     encoded = engine.encode_each([engine.prepare(open_rgb(p))[0] for p in queries])
-    with_term, peak_only = [], []
+    with_term, peak_only, texture_map_peaks = [], [], []
     for path in nominal[-3:]:  # three references the test images are not
-        reference = engine.references([open_rgb(path)], "textile")
+        reference = patch_maps_only.references([open_rgb(path)], "textile")
         assert reference.stats.grid == 2 and reference.global_unit > 0 and reference.texture_normal == 0.5
-        assessed = [engine.assess(one, reference, "textile") for one in encoded]
+        assessed = [patch_maps_only.assess(one, reference, "textile") for one in encoded]
         scores = np.array([float(s[0]) for _, s in assessed])
         peaks = np.array([float(m.max()) for m, _ in assessed])
         assert (scores >= peaks - 1e-6).all()  # the term only adds
         with_term.append(roc_auc_score(labels, scores))
         peak_only.append(roc_auc_score(labels, peaks))
+        with_texture_map = engine.references([open_rgb(path)], "textile")
+        texture_map_peaks.append(roc_auc_score(labels, [float(engine.assess(one, with_texture_map, "textile")[0].max())
+                                                        for one in encoded]))
     assert np.mean(peak_only) < 0.6 < 0.75 < np.mean(with_term)
+    assert np.mean(texture_map_peaks) > np.mean(peak_only) + 0.05
 
 
 def test_a_texture_only_anomaly_points_at_the_whole_surface(engine):

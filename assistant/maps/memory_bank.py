@@ -103,7 +103,7 @@ def nearest_similarity(queries: torch.Tensor, bank: torch.Tensor, block: int = 1
 
 
 @lru_cache(maxsize=8)
-def _near_mask(h: int, w: int, radius: int) -> torch.Tensor:
+def near_mask(h: int, w: int, radius: int) -> torch.Tensor:
     """(h*w) x (h*w): True where two cells are within `radius` of each other (Chebyshev)."""
     rows = torch.arange(h).repeat_interleave(w)
     cols = torch.arange(w).repeat(h)
@@ -119,7 +119,7 @@ def self_distance(feature: torch.Tensor, radius: int, dtype: torch.dtype = torch
     can vouch for itself too; on the sets in docs/RESULTS.md that costs less than the false alarms
     it removes (texture statistics catch whole-image defects on surfaces with 2+ references)."""
     b, c, h, w = feature.shape
-    near = _near_mask(h, w, radius)
+    near = near_mask(h, w, radius)
     out = []
     for image in range(b):
         flat = patches(feature[image:image + 1]).to(dtype)
