@@ -11,6 +11,7 @@ NEGATION = re.compile(r"\b(no|not|without|isn't|is not|nothing|never)\b(\s+\w+){
 JUDGEMENT_INTENTS = ("judgement", "where", "describe", "confidence", "count", "advice")
 YES_PATTERN = re.compile(r"\b(yes|anomal(y|ies|ous)|defect(s|ive)?|damaged?|flaw(ed|s)?|abnormal)\b", re.I)
 NO_PATTERN = re.compile(r"\b(no anomal\w*|not? (any )?(anomal\w*|defect\w*|damage\w*)|normal|flawless|looks fine|no)\b", re.I)
+DECIMAL = re.compile(r"(?<![\d.])\d+\.\d+(?![\d.])")
 
 
 def class_info(class_name: str) -> dict:
@@ -98,7 +99,7 @@ def lead_sentence(intent: str, detection: Detection | None, follow_up: bool = Fa
 
 def agrees(text: str, detection: Detection) -> bool:
     """False when generated text contradicts the verdict, names a wrong position, or degenerates."""
-    if is_degenerate(text):
+    if is_degenerate(text) or not states_true_numbers(text, detection):
         return False
     says_no = bool(NO_PATTERN.search(text)) and not detection.anomalous
     lowered = text.lower()
@@ -109,6 +110,18 @@ def agrees(text: str, detection: Detection) -> bool:
     mentioned = mentioned_positions(text)
     allowed = {region.position for region in detection.regions}
     return not mentioned or (detection.anomalous and mentioned <= _with_parts(allowed))
+
+
+def states_true_numbers(text: str, detection: Detection) -> bool:
+    """Every decimal in the text is the score, the threshold or the area, to the digits it gives: a
+    small LM copies the facts' shape with numbers of its own ("the threshold of 0.958" for 1.300)."""
+    area = 100 * max(sum(region.area_fraction for region in detection.regions), 0.001)  # as `facts` states it
+    true = (detection.score, detection.threshold, area)
+    for number in DECIMAL.findall(text):
+        digits = len(number.split(".")[1])
+        if not any(f"{value:.{digits}f}" == number for value in true):
+            return False
+    return True
 
 
 def mentioned_positions(text: str) -> set[str]:

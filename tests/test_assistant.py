@@ -5,8 +5,10 @@ import random
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from assistant.answer import agrees, mentioned_positions
+from assistant.answer import agrees, facts, mentioned_positions
+from assistant.prompts import load
 from assistant.assistant import Assistant
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
@@ -60,6 +62,20 @@ def test_answer_always_agrees_with_the_decision(assistant):
     print(f"\nanswer/decision agreement {agree}/{len(samples)}; judgement accuracy vs labels "
           f"{100 * correct / len(samples):.1f}% ({correct}/{len(samples)}, 1-shot)")
     assert agree == len(samples)
+
+
+@needs_shared
+def test_a_sentence_with_numbers_of_its_own_is_dropped(assistant):
+    """The model once wrote '3.142 above the threshold of 0.958' where the threshold was 1.300."""
+    image, reference, class_name, _ = sample_images()[15]
+    detection = assistant.detect(Image.open(image).convert("RGB"), [Image.open(reference).convert("RGB")], class_name, None)
+    true = facts(detection)
+    sentence = load("answers")["confidence"]["yes" if detection.anomalous else "no"].format(**true)
+    assert agrees(sentence, detection), sentence
+    assert agrees(sentence.replace(true["score"], f"{detection.score:.2f}"), detection)
+    wrong = f"{detection.threshold + 0.342:.3f}"
+    assert not agrees(sentence.replace(true["threshold"], wrong), detection)
+    assert not agrees(sentence.replace(true["score"], f"{detection.score + 1:.1f}"), detection)
 
 
 @needs_shared
