@@ -11,7 +11,7 @@ NEGATION = re.compile(r"\b(no|not|without|isn't|is not|nothing|never)\b(\s+\w+){
 JUDGEMENT_INTENTS = ("judgement", "where", "describe", "confidence", "count", "advice")
 YES_PATTERN = re.compile(r"\b(yes|anomal(y|ies|ous)|defect(s|ive)?|damaged?|flaw(ed|s)?|abnormal)\b", re.I)
 NO_PATTERN = re.compile(r"\b(no anomal\w*|not? (any )?(anomal\w*|defect\w*|damage\w*)|normal|flawless|looks fine|no)\b", re.I)
-DECIMAL = re.compile(r"(?<![\d.])\d+\.\d+(?![\d.])")
+DECIMAL = re.compile(r"(?<![\d.])\d+\.\d+(?!\.?\d)")  # "0.958." at a sentence end counts too
 
 
 def class_info(class_name: str) -> dict:

@@ -76,6 +76,8 @@ def test_a_sentence_with_numbers_of_its_own_is_dropped(assistant):
     wrong = f"{detection.threshold + 0.342:.3f}"
     assert not agrees(sentence.replace(true["threshold"], wrong), detection)
     assert not agrees(sentence.replace(true["score"], f"{detection.score + 1:.1f}"), detection)
+    assert agrees(f"The threshold is {true['threshold']}.", detection)
+    assert not agrees(f"The threshold is {wrong}.", detection)  # a number ending the sentence
 
 
 @needs_shared
