@@ -25,7 +25,6 @@ def facts(detection: Detection) -> dict:
     info = class_info(detection.class_name)
     templates = prompts.load("answers")
     positions = _unique(region.position for region in detection.regions)
-    area = sum(region.area_fraction for region in detection.regions)
     return {
         "class_name": info["name"],
         "position": positions[0] if positions else "center",
@@ -36,9 +35,14 @@ def facts(detection: Detection) -> dict:
         "confidence": _confidence_word(detection.confidence, templates["confidence_words"]),
         "defect": info["defect"],
         "normal": info["normal"],
-        "area": f"{max(area, 0.001) * 100:.1f}%",
+        "area": f"{area_percent(detection):.1f}%",
         "mode": templates["mode"][detection.mode].format(n_refs=detection.n_references),
     }
+
+
+def area_percent(detection: Detection) -> float:
+    """Share of the image the regions cover, in percent, never stated as 0."""
+    return 100 * max(sum(region.area_fraction for region in detection.regions), 0.001)
 
 
 def facts_sentence(detection: Detection) -> str:
@@ -115,8 +119,7 @@ def agrees(text: str, detection: Detection) -> bool:
 def states_true_numbers(text: str, detection: Detection) -> bool:
     """Every decimal in the text is the score, the threshold or the area, to the digits it gives: a
     small LM copies the facts' shape with numbers of its own ("the threshold of 0.958" for 1.300)."""
-    area = 100 * max(sum(region.area_fraction for region in detection.regions), 0.001)  # as `facts` states it
-    true = (detection.score, detection.threshold, area)
+    true = (detection.score, detection.threshold, area_percent(detection))
     for number in DECIMAL.findall(text):
         digits = len(number.split(".")[1])
         if not any(f"{value:.{digits}f}" == number for value in true):

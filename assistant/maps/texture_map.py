@@ -7,6 +7,8 @@ window. The engine adds it to the map, not to the score (docs/RESULTS.md, sevent
 magnetic-tile pixel AUROC 66.9 -> 71.6, image AUROC unchanged)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -60,7 +62,7 @@ class TextureBank:
         self.scale = bank.std(dim=0) + 1e-6
         self.bank = bank / self.scale
         spreads = [self._self_spread(original[self.level]) for original in originals]
-        finite = [s for s in spreads if s == s and s != float("inf")]
+        finite = [s for s in spreads if math.isfinite(s)]
         self.unit = max(sum(finite) / len(finite), 1e-6) if finite else 1.0
         return self
 
