@@ -138,9 +138,9 @@ class Assistant:
                                                     facts=grounding.facts_sentence(detection))
         lead = grounding.lead_sentence(intent, detection, follow_up)
         with torch.no_grad():
-            encoded = self.engine.encode([image])
+            embedding = self.engine.encoder.encode_images([image]).embedding
             small_map = torch.from_numpy(detection.anomaly_map)[None]
-            visual = self.bridge(encoded.embedding, small_map)
+            visual = self.bridge(embedding, small_map)
             inputs = build_inputs(self.model, self.tokenizer, system, _text_history(history), message, visual,
                                   lead=lead + " ", max_new_tokens=max_new_tokens)
             text = generate(self.model, self.tokenizer, inputs, max_new_tokens)

@@ -240,6 +240,52 @@ def test_area_resize_keeps_aspect_and_encodes_mixed_sizes(engine, textile_images
     assert width == 2 * height and abs(width * height - 56 * 56) < 0.1 * 56 * 56
 
 
+def test_the_trained_text_map_also_reads_a_coarser_encoding(engine, textile_images):
+    """The shipped text map averages its verdict at the bank's 448 px and at 256 px
+    (`text_map.extra_image_size`); untrained adapters are never used, so nothing pays for the
+    second encoding."""
+    shipped = AnomalyEngine("embedded")
+    assert shipped.text_map.trained and shipped.text_extra_size == 256
+    encoded = shipped.encode([textile_images[0]])
+    assert encoded.levels[1].shape[-2:] == (56, 56) and encoded.text_levels[1].shape[-2:] == (32, 32)
+    text = shipped.text_map.text_features(shipped.encoder, "textile")
+    fine, coarse = (shipped.text_map(shipped.encoder.encode_images([textile_images[0]], side).levels, text, (56, 56))
+                    for side in (448, 256))
+    assert torch.allclose(shipped.text_maps(encoded, "textile"), (fine + coarse) / 2, atol=1e-6)
+    assert engine.encode([textile_images[0]]).text_levels is None
+    wide = textile_images[1].resize((500, 250))
+    one, two = shipped.encode_each([textile_images[1], wide])
+    width, height = shipped.encoder.input_size(wide, 256)
+    assert one.text_levels[1].shape[-2:] == (32, 32) and two.text_levels[1].shape[-2:] == (height // 8, width // 8)
+    assert width > 1.5 * height
+
+
+def test_a_fixed_size_encoder_refuses_a_text_map_size():
+    small_clip = {"model": "ViT-B-32", "pretrained": None, "device": "cpu", "blocks": None}
+    preset = load_preset("clip-vit-l-14-336", {"encoder": small_clip, "text_map": {"extra_image_size": 256}})
+    with pytest.raises(EngineError, match="fixed"):
+        AnomalyEngine(preset, checkpoint_dir="/nonexistent-untrained")
+
+
+def test_the_trained_text_map_alone_ranks_real_tires(tire_dir):
+    """Issue 4's cross-domain figure on a sample: adapters trained on textile only, no references, no
+    self map; defective tires must outrank good ones more often than with random adapters."""
+    def text_map_only(checkpoint):
+        preset = load_preset("embedded", {"anomaly_map": {"zero_shot_self_radius": 0}})
+        return AnomalyEngine(preset, checkpoint_dir=checkpoint)
+    shipped = text_map_only(None)
+    random_adapters = text_map_only("/nonexistent-untrained")
+    random_adapters.text_map.trained = True  # the same shapes at their random initialisation
+    goods = sorted((tire_dir / "test" / "good").glob("*.jpg"))
+    defective = [p for kind in ("combined", "contamination", "cut", "hole")
+                 for p in sorted((tire_dir / "test" / kind).glob("*.jpg"))[:6]]
+    labels = [0] * len(goods) + [1] * len(defective)
+    images = [open_rgb(p) for p in goods + defective]
+    trained = roc_auc_score(labels, [shipped.detect(i, class_name="tire").score for i in images])
+    untrained = roc_auc_score(labels, [random_adapters.detect(i, class_name="tire").score for i in images])
+    assert trained > untrained + 0.1, (trained, untrained)  # 0.584 vs 0.405; at 448 px alone 0.515 vs 0.461
+
+
 def test_zero_shot_points_at_real_tire_holes(tire_dir):
     """The shipped embedded default, no references, on real photos: holes outrank good tires and the
     map's hottest point lies on the marked hole."""

@@ -13,6 +13,7 @@ from PIL import Image
 class EncodedImages:
     levels: list[torch.Tensor]  # 4 tensors, each B x C_l x h_l x w_l
     embedding: torch.Tensor  # B x D global image embedding (L2-normalised)
+    text_levels: list[torch.Tensor] | None = None  # levels at the text map's extra input size, if it has one
 
 
 class Encoder(torch.nn.Module):
@@ -27,23 +28,24 @@ class Encoder(torch.nn.Module):
 
     resize: str = "square"  # "square", or "area" for encoders that accept any input shape (CNNs)
 
-    def input_size(self, image: Image.Image) -> tuple[int, int]:
+    def input_size(self, image: Image.Image, image_size: int | None = None) -> tuple[int, int]:
         """(width, height) the encoder sees an image at.
 
         "square" squashes to image_size x image_size (a centre crop would hide defects at the
         borders; references are squashed the same way, so patches stay comparable). "area" keeps
         the aspect ratio at about image_size^2 pixels, in multiples of the stride 32: long thin
-        parts and crops keep round defects round.
+        parts and crops keep round defects round. `image_size` overrides the encoder's own.
         """
+        side = image_size or self.image_size
         if self.resize == "square":
-            return self.image_size, self.image_size
+            return side, side
         width, height = image.size
-        scale = self.image_size / math.sqrt(width * height)
+        scale = side / math.sqrt(width * height)
         return max(32, round(width * scale / 32) * 32), max(32, round(height * scale / 32) * 32)
 
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+    def preprocess(self, images: list[Image.Image], image_size: int | None = None) -> torch.Tensor:
         """RGB PIL images that share one input size -> normalised B x 3 x H x W tensor."""
-        sizes = {self.input_size(image) for image in images}
+        sizes = {self.input_size(image, image_size) for image in images}
         if len(sizes) != 1:
             raise ValueError(f"a batch must share one input size, got {sorted(sizes)}: encode the images separately")
         size = sizes.pop()
@@ -65,8 +67,8 @@ class Encoder(torch.nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def encode_images(self, images: list[Image.Image]) -> EncodedImages:
-        return self.encode(self.preprocess(images))
+    def encode_images(self, images: list[Image.Image], image_size: int | None = None) -> EncodedImages:
+        return self.encode(self.preprocess(images, image_size))
 
     def default_adapter_weights(self) -> list[torch.Tensor] | None:
         """Per-level (text_dim x C_l) matrices that already map patches into text space, if the
