@@ -260,6 +260,22 @@ def test_the_trained_text_map_also_reads_a_coarser_encoding(engine, textile_imag
     assert width > 1.5 * height
 
 
+def test_the_text_map_scales_the_texture_map_as_it_scales_the_bank(textile_images):
+    """A surface map is the fused bank map plus the texture map's excess, both scaled by the text map:
+    unscaled, the excess would count for less with trained adapters than without, since both are
+    divided by the fused maps' normal peak."""
+    shipped = AnomalyEngine("embedded")
+    references = shipped.references(textile_images[:1], "textile")
+    query = shipped.encode([with_blot(textile_images[1], (24, 120, 90, 194))])
+    text = shipped.text_maps(query, "textile")
+    maps, _ = shipped.assess(query, references, "textile")
+    excess = np.maximum(shipped.texture_maps(query, references.texture) - 1.0, 0.0)
+    texture_part = maps - shipped.raw_maps(query, references, text) / references.peak_unit
+    assert excess.max() > 0 and float(text.min()) > 0
+    expected = 0.1 * excess * (1.0 + text.numpy()) / references.peak_unit
+    np.testing.assert_allclose(texture_part, expected, rtol=1e-4, atol=1e-6)
+
+
 def test_a_fixed_size_encoder_refuses_a_text_map_size():
     small_clip = {"model": "ViT-B-32", "pretrained": None, "device": "cpu", "blocks": None}
     preset = load_preset("clip-vit-l-14-336", {"encoder": small_clip, "text_map": {"extra_image_size": 256}})
