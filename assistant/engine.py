@@ -222,7 +222,7 @@ class AnomalyEngine:
         return maps, maps.reshape(len(maps), -1).max(axis=1)
 
     def with_texture_map(self, maps: np.ndarray, encoded: EncodedImages, references: ReferenceSet,
-                         text_maps: torch.Tensor | None = None) -> np.ndarray:
+                         text_maps: torch.Tensor | None) -> np.ndarray:
         """Surfaces: the texture map's excess over the references' own spread added to the map, which
         says where to look, but not to the score: it finds zones finished differently (magnetic tile
         "uneven") yet also fires on normal tiles whose grinding differs from the reference's, which
