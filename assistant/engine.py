@@ -93,8 +93,9 @@ class AnomalyEngine:
         at the bank's resolution alone its per-patch verdict fires on every sharp edge of a regular
         pattern (tire tread) as readily as on a cut (docs/RESULTS.md, eighth session)."""
         encoded = self.encoder.encode_images(images)
-        if self._extra_view_size():
-            encoded.text_levels = self.encoder.encode_images(images, self._extra_view_size()).levels
+        extra_size = self._extra_view_size()
+        if extra_size:
+            encoded.text_levels = self.encoder.encode_images(images, extra_size).levels
         return encoded
 
     def _extra_view_size(self) -> int | None:
@@ -104,9 +105,10 @@ class AnomalyEngine:
     @torch.no_grad()
     def encode_each(self, images: list[Image.Image], batch_size: int = 8) -> list[EncodedImages]:
         """One EncodedImages per view, batching views whose input size matches."""
+        extra_size = self._extra_view_size()
         groups: dict[tuple, list[int]] = {}
         for index, image in enumerate(images):
-            extra = self.encoder.input_size(image, self._extra_view_size()) if self._extra_view_size() else None
+            extra = self.encoder.input_size(image, extra_size) if extra_size else None
             groups.setdefault((self.encoder.input_size(image), extra), []).append(index)
         out: list[EncodedImages | None] = [None] * len(images)
         for indices in groups.values():
