@@ -54,12 +54,21 @@ def textile(tmp_path_factory):
     return make_textile_set(tmp_path_factory.mktemp("textile"))
 
 
+def shared_dataset(name: str) -> Path:
+    folder = SHARED_DATASETS / name
+    if not (folder / "test").is_dir() or not (folder / "train" / "good").is_dir():
+        pytest.skip(f"{name} dataset not found at {folder} (shared data is not shipped with the project)")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tire_dir() -> Path:
-    folder = SHARED_DATASETS / "tire"
-    if not (folder / "test").is_dir() or not (folder / "train" / "good").is_dir():
-        pytest.skip(f"tire dataset not found at {folder} (shared data is not shipped with the project)")
-    return folder
+    return shared_dataset("tire")
+
+
+@pytest.fixture(scope="session")
+def magnetic_tile_dir() -> Path:
+    return shared_dataset("magnetic_tile")
 
 
 @dataclass

@@ -24,6 +24,15 @@ def smooth(batch: torch.Tensor, sigma: float) -> np.ndarray:
     return np.stack([cv2.GaussianBlur(m, (0, 0), sigma) for m in array])
 
 
+def interior_peaks(maps: np.ndarray, border: int) -> np.ndarray:
+    """Peak of each B x h x w map over the cells at least `border` cells from every edge (the whole
+    map where that leaves nothing)."""
+    height, width = maps.shape[-2:]
+    if border > 0 and height > 2 * border and width > 2 * border:
+        maps = maps[:, border:height - border, border:width - border]
+    return maps.reshape(len(maps), -1).max(axis=1)
+
+
 def to_image_size(anomaly_map: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(anomaly_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
 
