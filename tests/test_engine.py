@@ -135,8 +135,8 @@ def test_one_reference_texture_term_lifts_global_weave_changes(engine):
         with_term.append(roc_auc_score(labels, scores))
         peak_only.append(roc_auc_score(labels, peaks))
         with_texture_map = engine.references([open_rgb(path)], "textile")
-        texture_map_peaks.append(roc_auc_score(labels, [float(engine.peaks(engine.assess(one, with_texture_map, "textile")[0])[0])
-                                                        for one in encoded]))
+        surface_maps = [engine.assess(one, with_texture_map, "textile")[0] for one in encoded]
+        texture_map_peaks.append(roc_auc_score(labels, [float(engine.peaks(m)[0]) for m in surface_maps]))
     assert np.mean(peak_only) < 0.6 < 0.75 < np.mean(with_term)
     assert np.mean(texture_map_peaks) > np.mean(peak_only) + 0.05
 
