@@ -212,10 +212,11 @@ class AnomalyEngine:
 
     def peaks(self, maps: np.ndarray) -> np.ndarray:
         """Map peaks that score an image against references, taken `anomaly_map.score_border` cells
-        away from the view's edges. The outer cells fire on normal parts: the CNN's zero padding, and
-        photos cropped at a part's edge (on magnetic tiles, 65-75 % of good tiles' map peaks lie within
-        2 cells of an edge). A defect there still shows in the map, and one reaching inward still
-        scores (docs/RESULTS.md, tenth session: magnetic tile 73.2 -> 76.2, textile +2)."""
+        away from the view's edges. The outer cells fire on normal parts: photos cropped at a part's
+        bevel or rim differ most there (on magnetic tiles, 65-75 % of good tiles' map peaks lie within
+        2 cells of an edge; reflect padding instead of the CNN's zero padding did not change that). A
+        defect there still shows in the map, and one reaching inward still scores (docs/RESULTS.md,
+        tenth session: magnetic tile 73.2 -> 76.2, textile +2)."""
         return interior_peaks(maps, int(self.map_cfg.get("score_border", 0)))
 
     def _zero_shot(self, encoded: EncodedImages, text_maps: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
