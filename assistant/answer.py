@@ -81,6 +81,16 @@ def grounded_answer(intent: str, detection: Detection | None, follow_up: bool = 
     return " ".join(part.format(**f) for part in parts)
 
 
+def closing_note(intent: str, detection: Detection | None, follow_up: bool = False) -> str:
+    """The sentence that closes a verdict, confidence or advice answer whose threshold the engine
+    could only estimate (one surface reference), after anything the LLM added; else ''."""
+    if detection is None or not detection.threshold_estimated:
+        return ""
+    if intent in ("confidence", "advice") or (intent == "judgement" and not follow_up):
+        return prompts.load("answers")["estimated_threshold"]
+    return ""
+
+
 def _where(templates: dict, detection: Detection) -> str:
     if not detection.anomalous:
         return templates["where"]["none"]

@@ -47,6 +47,18 @@ class ReferenceSet:
     threshold: float = 1.0
     texture: TextureBank | None = None  # window statistics of surface references (objects: None)
 
+    @property
+    def threshold_estimated(self) -> bool:
+        return estimates_threshold(self.relative, self.n_images)
+
+
+def estimates_threshold(relative: bool, n_images: int) -> bool:
+    """One reference of a surface: its flipped views show geometry changes but not part-to-part
+    changes of tone or finish, so its threshold is a margin on top of them, a guess; a second image
+    (leave-one-out) or a relative map (objects, whose flips differ about as much as two photos of
+    normal parts) gives a measured one."""
+    return n_images == 1 and not relative
+
 
 class AnomalyEngine:
     def __init__(self, preset: dict | str = "embedded", checkpoint_dir: str | Path | None = None):
@@ -308,11 +320,10 @@ class AnomalyEngine:
         full.texture_normal = float(cfg.get("normal_level", 0.5))
 
     def _margin(self, relative: bool, n_images: int) -> float:
-        """Threshold in units of the highest held-out normal peak. One reference held out against
-        its own flipped views shows geometry changes but not part-to-part changes of tone or
-        finish; relative maps cancel those, absolute ones need `one_reference_margin` on top."""
+        """Threshold in units of the highest held-out normal peak, with `one_reference_margin` on top
+        where the held-out views cannot show part-to-part changes (`estimates_threshold`)."""
         margin = float(self.threshold_cfg.get("margin", 1.0))
-        if n_images == 1 and not relative:
+        if estimates_threshold(relative, n_images):
             margin *= float(self.threshold_cfg.get("one_reference_margin", 1.0))
         return margin
 
@@ -389,6 +400,7 @@ class AnomalyEngine:
         reference_set = self.references(references, class_name) if references else None
         maps, scores = self.assess(encoded, reference_set, class_name)
         score = float(scores[0])
+        estimated = threshold is None and reference_set is not None and reference_set.threshold_estimated
         if threshold is None:
             threshold = reference_set.threshold if reference_set else self.zero_shot_threshold()
         width, height = image.size
@@ -397,7 +409,7 @@ class AnomalyEngine:
         regions = anomalous_regions(full_map, float(maps[0].max()), threshold) if anomalous else []
         return Detection(anomalous=anomalous, score=score, threshold=float(threshold), anomaly_map=full_map,
                          regions=regions, image_size=(width, height),
-                         mode="few-shot" if reference_set else "zero-shot",
+                         mode="few-shot" if reference_set else "zero-shot", threshold_estimated=estimated,
                          n_references=len(references or []), class_name=class_name)
 
 

@@ -98,6 +98,19 @@ def test_three_turn_conversation_stays_grounded_and_does_not_repeat(assistant):
     assert not second.answer.startswith(first.answer.split(".")[0])  # the verdict is not repeated verbatim
 
 
+def test_one_surface_reference_answer_ends_by_asking_for_a_second(assistant):
+    """The note closes the reply, after the model's own words, and only where the verdict is given."""
+    data = pytest.importorskip("conformal_clip_data")
+    photos = sorted(data.nominal_dir().glob("*.jpg"))[:3]
+    note = load("answers")["estimated_threshold"]
+    first = assistant.chat(photos[2], "Is there any anomaly?", [photos[0]], class_name="textile")
+    assert first.detection.threshold_estimated and first.answer.endswith(note)
+    follow = assistant.chat(photos[2], "Where exactly?", [photos[0]], first.history, class_name="textile")
+    assert note not in follow.answer
+    measured = assistant.chat(photos[2], "Is there any anomaly?", photos[:2], class_name="textile")
+    assert not measured.detection.threshold_estimated and note not in measured.answer
+
+
 @needs_shared
 def test_good_image_gets_a_no_without_regions(assistant):
     image = sorted((SHARED / "tire" / "test" / "good").iterdir())[0]

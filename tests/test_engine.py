@@ -11,10 +11,11 @@ from sklearn.metrics import roc_auc_score
 from assistant.encoders import create_encoder
 from assistant.encoders.embedded import efficientnet_weights_path
 from assistant.encoders.openclip import evenly_spaced_blocks
-from assistant.answer import facts_sentence, grounded_answer
+from assistant.answer import closing_note, facts_sentence, grounded_answer
 from assistant.config import load_preset
 from assistant.engine import AnomalyEngine, EngineError
 from assistant.images import load_mask
+from assistant.prompts import load
 from assistant.maps.anomaly_map import find_regions, interior_peaks, position_word
 from assistant.maps.memory_bank import MemoryBank, greedy_coreset, random_subset, similarity_dtype
 
@@ -100,6 +101,32 @@ def test_same_references_same_threshold_and_cache(engine, textile_images):
     second = engine.references([im.copy() for im in textile_images[:2]], "textile")
     assert first is second  # cached by content
     assert first.threshold > 0 and len(first.normal_scores) == 2  # leave-one-out over 2 references
+
+
+def test_one_surface_reference_only_estimates_its_threshold(engine, textile_images):
+    """Its flipped views cannot show how much normal parts differ, so the answer says the threshold
+    is a guess and asks for a second reference, which measures it (leave-one-out)."""
+    from assistant.app_ui import verdict_html
+
+    query = textile_images[3]
+    one = engine.detect(query, textile_images[:1], "textile")
+    two = engine.detect(query, textile_images[:2], "textile")
+    chosen = engine.detect(query, textile_images[:1], "textile", threshold=2.0)
+    assert one.threshold_estimated and not two.threshold_estimated and not chosen.threshold_estimated
+    advice = load("answers")["estimated_threshold"]
+    assert closing_note("judgement", one) == advice == closing_note("confidence", one)
+    assert closing_note("where", one, follow_up=True) == ""
+    assert closing_note("judgement", two) == "" == closing_note("confidence", chosen)
+    assert "estimated" in verdict_html(one) and "estimated" not in verdict_html(two)
+
+
+def test_one_object_reference_measures_its_threshold(engine, tire_dir):
+    """Objects are scored relative to their own mean level, so flipped views of one reference
+    already differ as two photos of normal parts do."""
+    reference = open_rgb(sorted((tire_dir / "train" / "good").iterdir())[0])
+    query = open_rgb(sorted((tire_dir / "test" / "good").iterdir())[0])
+    detection = engine.detect(query, [reference], "tire")
+    assert engine.references([reference], "tire").relative and not detection.threshold_estimated
 
 
 def test_many_references_are_held_out_in_folds(textile_images):

@@ -1,0 +1,33 @@
+"""Which answer a question gets: the real all-MiniLM-L6-v2 encoder against prompts/intents.json."""
+from __future__ import annotations
+
+import pytest
+
+from assistant.intents import IntentClassifier
+
+# Questions as users type them, most of them not among the examples: the design
+# card's own "Is there any anomaly?" was answered as a "where" question until the eleventh session.
+QUESTIONS = {
+    "judgement": ["Is there any anomaly?", "is there any anomaly", "Is this tile OK?", "Is it defective?",
+                  "Is this image anomalous?", "Do you see any defect?", "Is the part good?", "Any anomalies?"],
+    "where": ["Where is the defect?", "Which area?", "Where is the damage located?", "In which corner is it?",
+              "Where exactly is the anomaly?"],
+    "describe": ["What kind of anomaly is it?", "Describe it.", "What type of defect?"],
+    "confidence": ["How certain are you?", "What's the score?", "Are you sure?"],
+    "count": ["How many anomalies are there?", "How many defects?"],
+    "advice": ["Should I scrap this part?", "Can I ship it?"],
+    "greeting": ["Hello there"],
+    "thanks": ["Thank you very much"],
+    "help": ["How does this work?"],
+    "off_topic": ["What is the capital of France?", "Write me a poem about the sea."],
+}
+
+
+@pytest.fixture(scope="module")
+def classifier() -> IntentClassifier:
+    return IntentClassifier()
+
+
+@pytest.mark.parametrize("intent,question", [(i, q) for i, qs in QUESTIONS.items() for q in qs])
+def test_questions_reach_the_right_answer(classifier, intent, question):
+    assert classifier.classify(question)[0] == intent
