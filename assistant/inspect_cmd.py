@@ -36,6 +36,7 @@ class Row:
     regions: list[dict] = field(default_factory=list)  # {"box": [...], "position": str}
     answer: str = ""
     error: str = ""
+    threshold_estimated: bool = False  # one surface reference: see Detection.threshold_estimated
     overlay: str = ""  # relative path of the overlay PNG (anomalous images only)
     thumbnail: str = ""  # data: URI
 
@@ -108,15 +109,28 @@ def run_inspect(args) -> int:
         "total": len(files), "done": len(rows), "interrupted": interrupted,
         "seconds": round(time.time() - started, 1), "llm": not args.no_llm,
         "preset": assistant.preset.get("name", args.preset),
+        "threshold_note": estimated_threshold_note(rows),
     }
     write_reports(out, rows, summary)
     n_bad = sum(1 for r in rows if r.anomalous)
     n_err = sum(1 for r in rows if r.error)
     print(f"inspected {len(rows)} of {len(files)} images: {n_bad} anomalous, {len(rows) - n_bad - n_err} normal, "
           f"{n_err} unreadable")
+    if summary["threshold_note"]:
+        print(f"note:   {summary['threshold_note']}")
     print(f"report: {out / 'report.html'}")
     print(f"csv:    {out / 'report.csv'}")
     return 130 if interrupted else 0
+
+
+def estimated_threshold_note(rows: list[Row]) -> str:
+    """Said once for the whole run: every answer about a surface judged against one reference ends
+    with the same advice, and the counts printed beside it are the reason to read it."""
+    if not any(row.threshold_estimated for row in rows):
+        return ""
+    from .prompts import load
+
+    return load("answers")["estimated_threshold"]
 
 
 def _inspect_one(assistant, path: Path, folder: Path, out: Path, references, args, threshold) -> Row:
@@ -142,6 +156,7 @@ def _inspect_one(assistant, path: Path, folder: Path, out: Path, references, arg
     detection = result.detection
     row.anomalous, row.score, row.threshold = detection.anomalous, float(detection.score), float(detection.threshold)
     row.regions = [region.to_json() for region in detection.regions]
+    row.threshold_estimated = detection.threshold_estimated
     row.answer = result.answer
     shown = result.heatmap if detection.anomalous else image
     if detection.anomalous:

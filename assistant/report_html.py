@@ -121,6 +121,8 @@ def render_report(rows: list, summary: dict) -> str:
     if summary.get("interrupted"):
         parts.append(f"<div class='banner'>Run interrupted: {summary.get('done')} of {summary.get('total')} images were inspected; "
                      "this report covers only those.</div>")
+    if summary.get("threshold_note"):
+        parts.append(f"<div class='banner'>{_e(summary['threshold_note'])}</div>")
     parts.append("<div class='cards'>")
     for css, number, label in (("", summary.get("total", len(rows)), "images"), ("bad", n_bad, "anomalous"),
                                ("ok", n_ok, "normal"), ("err", len(failed), "unreadable")):

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import re
 import shutil
 
 from PIL import Image
 
+from assistant.prompts import load
 from conftest import REPO, run_cli
 
 
@@ -49,6 +51,8 @@ def test_inspect_folder_with_bad_files(textile, bad_inputs, tmp_path):
                      "--out", str(out), "--no-llm")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "1 anomalous, 1 normal, 3 unreadable" in result.stdout
+    note = load("answers")["estimated_threshold"]  # one reference of a surface: said once, on top
+    assert f"note:   {note}" in result.stdout
 
     rows = list(csv.DictReader((out / "report.csv").open(encoding="utf-8")))
     assert list(rows[0]) == ["file", "anomalous", "score", "threshold", "regions", "answer", "error"]
@@ -66,6 +70,7 @@ def test_inspect_folder_with_bad_files(textile, bad_inputs, tmp_path):
     assert "<style>" in page and "data:image/jpeg;base64," in page
     assert not re.search(r"(src|href)=['\"]https?://", page)  # self-contained
     assert "ANOMALOUS" in page and "Unreadable files (3)" in page and "text.png" in page
+    assert page.index(html.escape(note)) < page.index("a_normal.png")
     assert page.index("b_defect.png") < page.index("a_normal.png")  # ordered by score
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
