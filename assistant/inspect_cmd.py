@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import prompts
 from .commands import check_threshold, load_assistant, load_references, one_line, png_bytes
 from .data.datasets import IMAGE_SUFFIXES, is_image_file
 from .images import ImageError, load_image
@@ -128,9 +129,7 @@ def estimated_threshold_note(rows: list[Row]) -> str:
     with the same advice, and the counts printed beside it are the reason to read it."""
     if not any(row.threshold_estimated for row in rows):
         return ""
-    from .prompts import load
-
-    return load("answers")["estimated_threshold"]
+    return prompts.load("answers")["estimated_threshold"]
 
 
 def _inspect_one(assistant, path: Path, folder: Path, out: Path, references, args, threshold) -> Row:
