@@ -3,15 +3,19 @@ check that whatever the LLM writes agrees with those facts."""
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from . import prompts
 from .result import Detection
 
 NEGATION = re.compile(r"\b(no|not|without|isn't|is not|nothing|never)\b(\s+\w+){0,2}\s+(anomal|defect|damage|flaw|abnormal)")
 JUDGEMENT_INTENTS = ("judgement", "where", "describe", "confidence", "count", "advice")
-YES_PATTERN = re.compile(r"\b(yes|anomal(y|ies|ous)|defect(s|ive)?|damaged?|flaw(ed|s)?|abnormal)\b", re.I)
+YES_PATTERN = re.compile(r"\b(yes|anomal(y|ies|ous)(?! score)|defect(s|ive)?|damaged?|flaw(ed|s)?|abnormal)\b", re.I)
 NO_PATTERN = re.compile(r"\b(no anomal\w*|not? (any )?(anomal\w*|defect\w*|damage\w*)|normal|flawless|looks fine|no)\b", re.I)
-DECIMAL = re.compile(r"(?<![\d.])\d+\.\d+(?!\.?\d)")  # "0.958." at a sentence end counts too
+# "The anomaly is a normal part": a sentence about an anomaly's nature or place claims there is one
+AFFIRMED_ANOMALY = re.compile(r"\b(the|this|that|an?)\s+(anomal\w*|defect\w*|flaw\w*|damage)\s+(is|are|was|looks|appears|seems|covers|lies|sits)\b")
+HEDGE = re.compile(r"\b(such as|may|might|could|possibly|perhaps|probably|likely|like|appears?|seems?|looks?)\b")
+NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?!\w|\.\d)")  # "0.958." and "4." at a sentence end count too
 
 
 def class_info(class_name: str) -> dict:
@@ -112,14 +116,15 @@ def lead_sentence(intent: str, detection: Detection | None, follow_up: bool = Fa
 
 
 def agrees(text: str, detection: Detection) -> bool:
-    """False when generated text contradicts the verdict, names a wrong position, or degenerates."""
-    if is_degenerate(text) or not states_true_numbers(text, detection):
+    """False when generated text contradicts the verdict, names a wrong position, states a number or
+    a kind of defect the engine did not find, or degenerates."""
+    if is_degenerate(text) or not states_true_numbers(text, detection) or names_defect_type_as_fact(text):
         return False
     says_no = bool(NO_PATTERN.search(text)) and not detection.anomalous
     lowered = text.lower()
     if detection.anomalous and NEGATION.search(lowered):
         return False
-    if not detection.anomalous and YES_PATTERN.search(lowered) and not says_no:
+    if not detection.anomalous and (AFFIRMED_ANOMALY.search(lowered) or (YES_PATTERN.search(lowered) and not says_no)):
         return False
     mentioned = mentioned_positions(text)
     allowed = {region.position for region in detection.regions}
@@ -127,14 +132,30 @@ def agrees(text: str, detection: Detection) -> bool:
 
 
 def states_true_numbers(text: str, detection: Detection) -> bool:
-    """Every decimal in the text is the score, the threshold or the area, to the digits it gives: a
-    small LM copies the facts' shape with numbers of its own ("the threshold of 0.958" for 1.300)."""
-    true = (detection.score, detection.threshold, area_percent(detection))
-    for number in DECIMAL.findall(text):
-        digits = len(number.split(".")[1])
+    """Every number in the text is the score, the threshold, the area, the count of areas or of
+    references, to the digits it gives: a small LM copies the facts' shape with numbers of its own
+    ("the threshold of 0.958" for 1.300, "found to be 4.", "above threshold 10%")."""
+    true = (detection.score, detection.threshold, area_percent(detection), len(detection.regions), detection.n_references)
+    for number in NUMBER.findall(text):
+        digits = len(number.split(".")[1]) if "." in number else 0
         if not any(f"{value:.{digits}f}" == number for value in true):
             return False
     return True
+
+
+def names_defect_type_as_fact(text: str) -> bool:
+    """True when the text says which kind of defect it is ("The anomaly is a cut") without hedging:
+    the engine finds where a part differs, not what kind of defect it is, so a kind is only a guess."""
+    lowered = text.lower()
+    return bool(defect_type_pattern().search(lowered)) and not HEDGE.search(lowered)
+
+
+@lru_cache(maxsize=1)
+def defect_type_pattern() -> re.Pattern:
+    classes = prompts.load("classes")
+    names = {name for info in classes.values() if isinstance(info, dict) for name in info.get("defect_types", [])}
+    alternatives = "|".join(sorted((re.escape(name) for name in names), key=len, reverse=True))
+    return re.compile(rf"\b({alternatives})(s|es)?\b")
 
 
 def mentioned_positions(text: str) -> set[str]:

@@ -135,3 +135,25 @@ def test_off_topic_and_empty_and_huge_messages(assistant, tmp_path):
 
 def _parts(positions: set[str]) -> set[str]:
     return positions | {p for position in positions for p in position.split()}
+
+
+@needs_shared
+def test_sentences_claiming_more_than_the_engine_found_are_dropped(assistant):
+    """SmolLM2 wrote "The anomaly is a cut on the tread" on holes and contamination alike, "which was
+    found to be 4.", "above threshold 10%", and after a "no": "The anomaly is a normal part"."""
+    image = Image.open(sorted((SHARED / "tire" / "test" / "hole").iterdir())[0]).convert("RGB")
+    reference = Image.open(sorted((SHARED / "tire" / "train" / "good").iterdir())[0]).convert("RGB")
+    flagged = assistant.detect(image, [reference], "tire", 0.05)
+    passed = assistant.detect(image, [reference], "tire", 10.0)
+    assert flagged.anomalous and not passed.anomalous
+    assert not agrees("The anomaly is a cut on the tread.", flagged)
+    assert not agrees("It is a blowhole fracture, with frayed edges.", flagged)
+    assert agrees("It may be a cut or a hole in the rubber.", flagged)
+    assert agrees("It has a surface flaw, such as a cut or contamination.", flagged)
+    stray = len(flagged.regions) + 37
+    assert not agrees(f"The damage was found to be {stray}.", flagged)
+    assert not agrees(f"The score is above the threshold by {stray}%.", flagged)
+    assert agrees(f"I found {len(flagged.regions)} anomalous areas on the tire.", flagged)
+    assert not agrees("The anomaly is a normal part with a uniform appearance.", passed)
+    assert agrees("The tire is a normal rubber tire with a regular tread pattern.", passed)
+    assert agrees(f"The anomaly score of {passed.score:.3f} is below the threshold.", passed)

@@ -6,7 +6,8 @@ import pytest
 from assistant.intents import IntentClassifier
 
 # Questions as users type them, most of them not among the examples: the design
-# card's own "Is there any anomaly?" was answered as a "where" question until the eleventh session.
+# card's own "Is there any anomaly?" was answered as a "where" question until the eleventh session,
+# and "Where is Paris?" or "What time is it now?" got an inspection answer until the twelfth.
 QUESTIONS = {
     "judgement": ["Is there any anomaly?", "is there any anomaly", "Is this tile OK?", "Is it defective?",
                   "Is this image anomalous?", "Do you see any defect?", "Is the part good?", "Any anomalies?"],
@@ -19,7 +20,8 @@ QUESTIONS = {
     "greeting": ["Hello there"],
     "thanks": ["Thank you very much"],
     "help": ["How does this work?"],
-    "off_topic": ["What is the capital of France?", "Write me a poem about the sea."],
+    "off_topic": ["What is the capital of France?", "Write me a poem about the sea.", "Where is Paris?",
+                  "What time is it now?", "Which city is the capital of Italy?"],
 }
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +42,15 @@ def _existing_targets(model: torch.nn.Module, targets: tuple[str, ...]) -> list[
     return [t for t in targets if t in present]
 
 
+@contextmanager
+def _peft_reading_deprecated_attributes():
+    """peft reads `is_gradient_checkpointing`, which transformers 5 deprecates with a FutureWarning on
+    every adapter it attaches: a line on each user's console about code that is not theirs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield
+
+
 def add_lora(model: "PreTrainedModel", cfg: LLMConfig, for_training: bool = True) -> "PeftModel":
     """Wrap ``model`` with a fresh LoRA adapter (task CAUSAL_LM) shaped by ``cfg``.
 
@@ -67,7 +78,8 @@ def add_lora(model: "PreTrainedModel", cfg: LLMConfig, for_training: bool = True
         target_modules=targets,
         inference_mode=not for_training,
     )
-    return get_peft_model(model, lora)
+    with _peft_reading_deprecated_attributes():
+        return get_peft_model(model, lora)
 
 
 def save_lora(model: "PeftModel", folder: str | os.PathLike) -> Path:
@@ -110,7 +122,8 @@ def load_lora(model: "PreTrainedModel", folder: str | os.PathLike, trainable: bo
         raise FileNotFoundError(f"No LoRA adapter (adapter_config.json) in {folder}")
     if trainable and is_kbit_quantized(model):
         model = _prepare_kbit(model)
-    peft_model = PeftModel.from_pretrained(model, folder, is_trainable=trainable)
+    with _peft_reading_deprecated_attributes():
+        peft_model = PeftModel.from_pretrained(model, folder, is_trainable=trainable)
     if not trainable:
         peft_model.eval()
     return peft_model
