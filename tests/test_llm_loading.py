@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+import warnings
 from contextlib import contextmanager
 from types import SimpleNamespace
 
@@ -234,7 +235,10 @@ def test_lora_train_save_load_roundtrip(cfg, embedded, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temp folder left
 
     fresh, _ = load_llm(cfg)
-    loaded = load_lora(fresh, folder)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_lora(fresh, folder)
+    assert not [str(w.message) for w in caught if w.category is FutureWarning]  # nothing the user can act on
     assert not loaded.training
     assert not any(p.requires_grad for p in loaded.parameters())
     with torch.no_grad():
