@@ -95,6 +95,16 @@ def closing_note(intent: str, detection: Detection | None, follow_up: bool = Fal
     return ""
 
 
+def kind_note(intent: str, detection: Detection | None, message: str) -> str:
+    """After a yes to "Is there a crack?": the engine finds where a part differs, not which kind of
+    defect it is, so the yes must not read as a confirmed crack; else ''."""
+    if intent != "judgement" or detection is None or not detection.anomalous:
+        return ""
+    if not defect_type_pattern().search(message.lower()):
+        return ""
+    return prompts.load("answers")["kind_unknown"].format(**facts(detection))
+
+
 def _where(templates: dict, detection: Detection) -> str:
     if not detection.anomalous:
         return templates["where"]["none"]
@@ -155,7 +165,7 @@ def defect_type_pattern() -> re.Pattern:
     classes = prompts.load("classes")
     names = {name for info in classes.values() if isinstance(info, dict) for name in info.get("defect_types", [])}
     alternatives = "|".join(sorted((re.escape(name) for name in names), key=len, reverse=True))
-    return re.compile(rf"\b({alternatives})(s|es)?\b")
+    return re.compile(rf"\b({alternatives})(s|es|ed)?\b")
 
 
 def mentioned_positions(text: str) -> set[str]:

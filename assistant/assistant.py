@@ -116,9 +116,9 @@ class Assistant:
             llm_text = self._checked_llm_text(picture, detection, history, message, intent, max_new_tokens, follow_up)
             if llm_text and not _repeats(llm_text, [reply, *(t["content"] for t in history if t.get("role") == "assistant")]):
                 reply = f"{reply} {llm_text}"
-        note = grounding.closing_note(intent, detection, follow_up)
-        if note:
-            reply = f"{reply} {note}"
+        for note in (grounding.kind_note(intent, detection, message), grounding.closing_note(intent, detection, follow_up)):
+            if note:
+                reply = f"{reply} {note}"
         new_history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": reply}]
         return ChatResult(reply, detection, new_history, intent, llm_text, picture)
 

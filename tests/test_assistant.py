@@ -157,3 +157,18 @@ def test_sentences_claiming_more_than_the_engine_found_are_dropped(assistant):
     assert not agrees("The anomaly is a normal part with a uniform appearance.", passed)
     assert agrees("The tire is a normal rubber tire with a regular tread pattern.", passed)
     assert agrees(f"The anomaly score of {passed.score:.3f} is below the threshold.", passed)
+
+
+@needs_shared
+def test_a_yes_to_a_named_kind_of_defect_says_the_kind_is_not_known(assistant):
+    """"Is there a crack?" answered "Yes, there is an anomaly" reads as a confirmed crack; the engine
+    finds where a part differs, not which kind of defect it is."""
+    image = sorted((SHARED / "tire" / "test" / "hole").iterdir())[0]
+    reference = sorted((SHARED / "tire" / "train" / "good").iterdir())[0]
+    note = load("answers")["kind_unknown"].format(class_name="tire")
+    named = assistant.chat(image, "Is there a crack?", [reference], class_name="tire", threshold=0.05)
+    assert named.intent == "judgement" and verdict_of(named.answer) is True and note in named.answer
+    plain = assistant.chat(image, "Is there any anomaly?", [reference], class_name="tire", threshold=0.05)
+    assert verdict_of(plain.answer) is True and note not in plain.answer
+    cleared = assistant.chat(image, "Is there a crack?", [reference], class_name="tire", threshold=10.0)
+    assert verdict_of(cleared.answer) is False and note not in cleared.answer

@@ -7,10 +7,11 @@ from assistant.intents import IntentClassifier
 
 # Questions as users type them, most of them not among the examples: the design
 # card's own "Is there any anomaly?" was answered as a "where" question until the eleventh session,
-# and "Where is Paris?" or "What time is it now?" got an inspection answer until the twelfth.
+# and "Where is Paris?" got an inspection answer and "Is there a blowhole?" an off-topic one until the twelfth.
 QUESTIONS = {
     "judgement": ["Is there any anomaly?", "is there any anomaly", "Is this tile OK?", "Is it defective?",
-                  "Is this image anomalous?", "Do you see any defect?", "Is the part good?", "Any anomalies?"],
+                  "Is this image anomalous?", "Do you see any defect?", "Is the part good?", "Any anomalies?",
+                  "Is there a blowhole?", "Can you find a crack?", "Are there any knots?", "Does it have a hole?"],
     "where": ["Where is the defect?", "Which area?", "Where is the damage located?", "In which corner is it?",
               "Where exactly is the anomaly?"],
     "describe": ["What kind of anomaly is it?", "Describe it.", "What type of defect?"],
