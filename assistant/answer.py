@@ -87,12 +87,17 @@ def grounded_answer(intent: str, detection: Detection | None, follow_up: bool = 
 
 def closing_note(intent: str, detection: Detection | None, follow_up: bool = False) -> str:
     """The sentence that closes a verdict, confidence or advice answer whose threshold the engine
-    could only estimate (one surface reference), after anything the LLM added; else ''."""
+    could only estimate, after anything the LLM added; else ''."""
+    if intent in ("confidence", "advice") or (intent == "judgement" and not follow_up):
+        return threshold_note(detection)
+    return ""
+
+
+def threshold_note(detection: Detection | None) -> str:
+    """Why the verdict's threshold is only an estimate and what would measure it; '' when measured."""
     if detection is None or not detection.threshold_estimated:
         return ""
-    if intent in ("confidence", "advice") or (intent == "judgement" and not follow_up):
-        return prompts.load("answers")["estimated_threshold"]
-    return ""
+    return prompts.load("answers")["zero_shot_threshold" if detection.mode == "zero-shot" else "estimated_threshold"]
 
 
 def kind_note(intent: str, detection: Detection | None, message: str) -> str:

@@ -210,7 +210,7 @@ def verdict_html(detection, seconds: float | None = None) -> str:
     mode = (f"few-shot, {detection.n_references} reference{'s' if detection.n_references != 1 else ''}"
             if detection.mode == "few-shot" else
             "zero-shot: the threshold is not calibrated on your parts; add a known-good reference for that")
-    if detection.threshold_estimated:
+    if detection.mode == "few-shot" and detection.threshold_estimated:
         mode += ": the threshold is estimated from one surface reference; add a second to measure it"
     where = ", ".join(html.escape(r.position) for r in detection.regions)
     lines = [

@@ -400,7 +400,7 @@ class AnomalyEngine:
         reference_set = self.references(references, class_name) if references else None
         maps, scores = self.assess(encoded, reference_set, class_name)
         score = float(scores[0])
-        estimated = threshold is None and reference_set is not None and reference_set.threshold_estimated
+        estimated = threshold is None and (reference_set is None or reference_set.threshold_estimated)
         if threshold is None:
             threshold = reference_set.threshold if reference_set else self.zero_shot_threshold()
         width, height = image.size

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import prompts
+from .answer import threshold_note
 from .commands import check_threshold, load_assistant, load_references, one_line, png_bytes
 from .data.datasets import IMAGE_SUFFIXES, is_image_file
 from .images import ImageError, load_image
@@ -37,7 +37,7 @@ class Row:
     regions: list[dict] = field(default_factory=list)  # {"box": [...], "position": str}
     answer: str = ""
     error: str = ""
-    threshold_estimated: bool = False  # one surface reference: see Detection.threshold_estimated
+    threshold_note: str = ""  # why the threshold is only an estimate: see answer.threshold_note
     overlay: str = ""  # relative path of the overlay PNG (anomalous images only)
     thumbnail: str = ""  # data: URI
 
@@ -125,11 +125,9 @@ def run_inspect(args) -> int:
 
 
 def estimated_threshold_note(rows: list[Row]) -> str:
-    """Said once for the whole run: every answer about a surface judged against one reference ends
+    """Said once for the whole run: every answer judged against the same references (or none) ends
     with the same advice, and the counts printed beside it are the reason to read it."""
-    if not any(row.threshold_estimated for row in rows):
-        return ""
-    return prompts.load("answers")["estimated_threshold"]
+    return next((row.threshold_note for row in rows if row.threshold_note), "")
 
 
 def _inspect_one(assistant, path: Path, folder: Path, out: Path, references, args, threshold) -> Row:
@@ -155,7 +153,7 @@ def _inspect_one(assistant, path: Path, folder: Path, out: Path, references, arg
     detection = result.detection
     row.anomalous, row.score, row.threshold = detection.anomalous, float(detection.score), float(detection.threshold)
     row.regions = [region.to_json() for region in detection.regions]
-    row.threshold_estimated = detection.threshold_estimated
+    row.threshold_note = threshold_note(detection)
     row.answer = result.answer
     shown = result.heatmap if detection.anomalous else image
     if detection.anomalous:

@@ -32,9 +32,10 @@ class Detection:
     mode: str = "zero-shot"  # "zero-shot" (self map and text map) or "few-shot" (with references)
     n_references: int = 0
     class_name: str = "object"
-    # True when the threshold rests on one surface reference's own flipped views and a fixed margin
-    # instead of normal images it did not see: such a verdict is weaker (docs/RESULTS.md, eleventh
-    # session), and the answer says so
+    # True when no normal image the engine did not see set the threshold: zero-shot (one fixed
+    # threshold for every kind of part) or one surface reference (its own flipped views and a fixed
+    # margin). Such a verdict is weaker (docs/RESULTS.md), and the answer says so; a threshold the
+    # user set is the user's
     threshold_estimated: bool = False
 
     @property

@@ -89,6 +89,9 @@ def test_inspect_zero_shot_works_from_the_images_alone(textile, tmp_path):
     rows = {r["file"]: r for r in csv.DictReader((tmp_path / "r" / "report.csv").open(encoding="utf-8"))}
     assert float(rows["b_defect.png"]["score"]) > float(rows["a_normal.png"]["score"])
     assert rows["b_defect.png"]["anomalous"] == "true" and not rows["b_defect.png"]["error"]
+    note = load("answers")["zero_shot_threshold"]  # no reference: said once, on top
+    assert result.stdout.count(f"note:   {note}") == 1
+    assert html.escape(note) in (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
 
 
 def test_inspect_zero_shot_without_any_zero_shot_map_is_one_line(textile, tmp_path):

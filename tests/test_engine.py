@@ -120,6 +120,21 @@ def test_one_surface_reference_only_estimates_its_threshold(engine, textile_imag
     assert "estimated" in verdict_html(one) and "estimated" not in verdict_html(two)
 
 
+def test_zero_shot_verdict_says_its_threshold_is_not_measured(engine, textile_images):
+    """Without references one fixed threshold serves every kind of part (zero-shot judgement accuracy
+    sits at the "always yes" rate on tire and magnetic tile), so the answer asks for a reference."""
+    from assistant.app_ui import verdict_html
+
+    query = textile_images[3]
+    zero = engine.detect(query, None, "textile")
+    chosen = engine.detect(query, None, "textile", threshold=2.0)
+    assert zero.mode == "zero-shot" and zero.threshold_estimated and not chosen.threshold_estimated
+    advice = load("answers")["zero_shot_threshold"]
+    assert closing_note("judgement", zero) == advice == closing_note("advice", zero)
+    assert closing_note("describe", zero) == "" == closing_note("judgement", chosen)
+    assert "one surface reference" not in verdict_html(zero)
+
+
 def test_one_object_reference_measures_its_threshold(engine, tire_dir):
     """Objects are scored relative to their own mean level, so flipped views of one reference
     already differ as two photos of normal parts do."""
