@@ -28,7 +28,7 @@ from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
-from .commands import check_threshold, load_assistant, load_references, one_line  # noqa: E402
+from .cli_support import check_threshold, load_assistant, load_references, one_line, png_bytes  # noqa: E402
 from .config import available_presets, load_preset  # noqa: E402
 
 log = logging.getLogger("assistant.app")
@@ -186,7 +186,6 @@ def _save_overlay(image, query) -> str:
     folder.mkdir()
     path = folder / f"{stem}_overlay.png"
     from .checkpoint import atomic_write_bytes
-    from .commands import png_bytes
 
     atomic_write_bytes(path, png_bytes(image))
     return str(path)

@@ -10,84 +10,13 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
 
+from .cli_support import add_model_args, check_threshold, load_assistant, load_references, png_bytes
+
 log = logging.getLogger("assistant.cli")
-
-
-class ModelLoadError(ValueError):
-    """A preset's models could not be loaded (missing weights, no GPU, ...): one line for the user."""
-
-
-# -- shared helpers (also used by the web app and `inspect`) ------------------------------------------
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="embedded", help="preset name in assistant/presets or a JSON file (default: embedded)")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the preset's)")
-    parser.add_argument("--no-llm", action="store_true", help="answer from templates only (no language model; faster)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-
-
-def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:400]
-
-
-def check_threshold(value: float | None) -> float | None:
-    """None / 0 mean 'calibrated'; anything else must be a positive finite number."""
-    if value is None or value == 0:
-        return None
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"threshold must be a positive number (or 0 for the calibrated one), got {value}")
-    return value
-
-
-def preset_problem(preset: dict) -> str | None:
-    """Why a preset cannot run on this machine (e.g. it needs a GPU), or None."""
-    import torch
-
-    device = str(preset.get("encoder", {}).get("device", "cpu"))
-    quantized = preset.get("llm", {}).get("quantization") in ("4bit", "8bit")
-    if (device.startswith("cuda") or quantized) and not torch.cuda.is_available():
-        return f"preset {preset.get('name', '?')!r} needs a CUDA GPU and this machine has none; use 'embedded'"
-    return None
-
-
-def load_assistant(preset: str = "embedded", checkpoint: str | Path | None = None, use_llm: bool = True,
-                   load_llm: bool = True):
-    """Build the Assistant for a preset; any failure becomes one ModelLoadError line."""
-    import warnings
-
-    from .config import load_preset
-
-    # transformers warns about generation options on every call; one line per answer drowns the progress bar
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"transformers\.generation")
-    data = load_preset(preset)  # FileNotFoundError (exit 2) names the available presets
-    problem = preset_problem(data)
-    if problem:
-        raise ModelLoadError(problem)
-    if checkpoint is not None and not Path(checkpoint).is_dir():
-        raise ModelLoadError(f"checkpoint folder {checkpoint} not found")
-    try:
-        from .assistant import Assistant
-
-        assistant = Assistant(data, checkpoint_dir=checkpoint, use_llm=use_llm)
-        if use_llm and load_llm:
-            assistant.load()
-    except (KeyboardInterrupt, ModelLoadError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - missing weights, offline hub, CUDA errors: one line
-        raise ModelLoadError(f"preset {data.get('name', preset)!r} could not be loaded: {one_line(exc)}") from exc
-    return assistant
-
-
-def load_references(paths) -> list:
-    from .images import load_image
-
-    return [load_image(path, name=f"reference {Path(path).name}") for path in paths or []]
 
 
 # -- ask ----------------------------------------------------------------------------------------------
@@ -140,14 +69,6 @@ def run_ask(args) -> int:
             log.info("verdict: %s (score %.4f, threshold %.4f)", "anomalous" if d.anomalous else "normal",
                      d.score, d.threshold)
     return 0
-
-
-def png_bytes(image) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 # -- inspect ------------------------------------------------------------------------------------------

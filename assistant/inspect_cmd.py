@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .answer import threshold_note
-from .commands import check_threshold, load_assistant, load_references, one_line, png_bytes
+from .cli_support import check_threshold, load_assistant, load_references, one_line, png_bytes
 from .data.datasets import IMAGE_SUFFIXES, is_image_file
 from .images import ImageError, load_image
 from .report_html import render_report, thumbnail_data_uri
