@@ -38,12 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--class-name", default=None, help="object name used in prompts (default: the category name)")
     ev.add_argument("--split-defects", action="store_true", help="also report each defect type against the good images")
     ev.add_argument("--image-size", type=int, default=None, help="override the encoder input size")
-    ev.add_argument("--split", choices=("all", "dev", "holdout"), default="all",
-                    help="test images to score: the fixed dev half (choose settings on it), the holdout half, or all (docs/protocol.md)")
-    ev.add_argument("--perturb", default=None, metavar="NAME[,NAME]",
-                    help="capture changes applied to test images only: rotate, shift, scale, light, blur, jpeg, noise")
-    ev.add_argument("--logical-proxy", action="store_true",
-                    help="evaluate each set's logical-anomaly proxy (missing, extra, turned, recoloured pieces made from its normal test images)")
     add_model_args(ev)
 
     bench = sub.add_parser("bench", help="latency benchmark of features, maps and bank size")
@@ -70,8 +64,7 @@ def _run_eval(args) -> int:
 
     overrides = {"encoder": {"image_size": args.image_size}} if args.image_size else None
     report = run_evaluation(args.data, args.category, args.shots, args.seeds, args.output, args.preset, args.checkpoint,
-                            args.csv, args.class_name, split_defects=args.split_defects, overrides=overrides,
-                            which=args.split, perturbations=args.perturb, logical_proxy=args.logical_proxy)
+                            args.csv, args.class_name, split_defects=args.split_defects, overrides=overrides)
     print(format_table(report))
     if args.output:
         print(f"results written to {args.output}")
