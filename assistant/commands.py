@@ -1,4 +1,4 @@
-"""Sub-commands that live beside their feature (ask, inspect, app, train) register here.
+"""Sub-commands that live beside their feature (ask, inspect, app, train, data) register here.
 
 Each entry of REGISTRY is a function `register(subparsers)` that adds one sub-command whose parser
 sets `handler=fn` (fn(args) -> exit code). Handlers check user input (images, paths, numbers)
@@ -134,3 +134,13 @@ def _run_train(args) -> int:
 
 
 REGISTRY.append(register_train)
+
+
+# -- data ---------------------------------------------------------------------------------------------
+def register_data(sub) -> None:
+    from .data.tools import add_data_command
+
+    add_data_command(sub)
+
+
+REGISTRY.append(register_data)
