@@ -4,8 +4,9 @@ Per-session state (the conversation) lives in gr.State, so nothing crosses betwe
 or API clients. Every problem reaches the user as one gr.Error line; the server keeps serving.
 
 Endpoints (gradio_client):
-  /ask   stateless: (image, message, references, history, class_name, threshold, max_new_tokens)
-         -> (answer, result JSON, new history, overlay PNG path or None)
+  /ask   stateless: (image, message, references, history, class_name, threshold, max_new_tokens,
+         mm_per_pixel=0) -> (answer, result JSON, new history, overlay PNG path or None);
+         mm_per_pixel (0 = unknown) gives region sizes in millimetres
   /chat  what the page itself calls; the conversation is kept in the session's state
 """
 from __future__ import annotations
@@ -232,7 +233,7 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
     if models.default_name not in presets:
         presets = [models.default_name, *presets]
 
-    def run(image, message, references, history, class_name, threshold, preset, shots, max_new_tokens):
+    def run(image, message, references, history, class_name, threshold, preset, shots, max_new_tokens, mm_per_pixel=None):
         """One turn; raises ValueError subclasses (ImageError, EngineError, ModelLoadError) for the user."""
         history = _check_history(history)
         threshold = check_threshold(threshold)
@@ -246,7 +247,7 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
             image = _paths([image])[0]
         refs = load_references(refs)  # decoded here so a broken one is named by its file name
         assistant = models.get(preset)
-        return assistant.chat(image, message, refs, history, class_name, threshold, tokens)
+        return assistant.chat(image, message, refs, history, class_name, threshold, tokens, mm_per_pixel)
 
     def guarded(fn):
         @functools.wraps(fn)  # keeps the parameter names the API shows
@@ -259,12 +260,13 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
                 raise gr.Error(_problem(exc), print_exception=False) from None
         return wrapper
 
-    def chat(image, message, references, history, class_name, threshold, preset, shots, max_new_tokens):
+    def chat(image, message, references, history, class_name, threshold, preset, shots, max_new_tokens, mm_per_pixel=None):
         """What the page calls. A problem is answered in the chat (and left out of the session's history,
         so the language model never sees it) instead of as an error overlay on every output."""
         started = time.time()
         try:
-            result = run(image, message, references, history, class_name, threshold, preset, shots, max_new_tokens)
+            result = run(image, message, references, history, class_name, threshold, preset, shots, max_new_tokens,
+                         mm_per_pixel)
             heatmap = result.heatmap
             overlay = _save_overlay(heatmap, image) if heatmap is not None else None
         except Exception as exc:  # noqa: BLE001 - one line for the user, the server keeps serving
@@ -286,9 +288,10 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
                 download, "")
 
     @guarded
-    def ask(image, message, references, history, class_name, threshold, max_new_tokens):
+    def ask(image, message, references, history, class_name, threshold, max_new_tokens, mm_per_pixel=0):
         """Stateless question: pass the history returned by the previous call to continue a conversation."""
-        result = run(image, message, references, history, class_name, threshold, None, None, max_new_tokens)
+        result = run(image, message, references, history, class_name, threshold, None, None, max_new_tokens,
+                     mm_per_pixel)
         overlay = _save_overlay(result.heatmap, image) if result.heatmap is not None else None
         return result.answer, result.to_json(), result.history, overlay
 
@@ -332,6 +335,8 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
                                           info="0 = calibrated on the references")
                     max_tokens = gr.Slider(8, 200, value=DEFAULT_TOKENS, step=4, label="Max new tokens",
                                            info="Length limit of the language model's part of the answer")
+                    scale = gr.Number(value=0, label="Scale (mm per pixel)", minimum=0, elem_id="scale",
+                                      info="0 = unknown: sizes in pixels (or say it: 'the image is 50 mm wide')")
             with gr.Column(scale=5, min_width=360):
                 chatbot = gr.Chatbot(label="Conversation", height=470, feedback_options=None, elem_id="chatbot",
                                      placeholder="Upload an image, add references, then ask a question.")
@@ -358,6 +363,7 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
             api_class = gr.Textbox(label="class_name", value="object")
             api_threshold = gr.Number(label="threshold", value=0)
             api_tokens = gr.Number(label="max_new_tokens", value=DEFAULT_TOKENS, precision=0)
+            api_scale = gr.Number(label="mm_per_pixel", value=0)
             api_answer = gr.Textbox(label="answer")
             api_result = gr.JSON(label="result")
             api_new_history = gr.JSON(label="history")
@@ -365,12 +371,13 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
             api_button = gr.Button("ask")
 
         gr.on([send.click, message.submit], chat,
-              inputs=[image, message, references, history, class_name, threshold, preset, shots, max_tokens],
+              inputs=[image, message, references, history, class_name, threshold, preset, shots, max_tokens, scale],
               outputs=[chatbot, history, heatmap, verdict, download, message], api_name="chat")
         clear_btn.click(clear, outputs=[image, references, chatbot, history, heatmap, verdict, download, message],
                         api_visibility="private")
         preset.change(select_preset, inputs=preset, outputs=[preset, preset_status], api_visibility="private")
-        api_button.click(ask, inputs=[api_image, api_message, api_refs, api_history, api_class, api_threshold, api_tokens],
+        api_button.click(ask, inputs=[api_image, api_message, api_refs, api_history, api_class, api_threshold, api_tokens,
+                                      api_scale],
                          outputs=[api_answer, api_result, api_new_history, api_overlay], api_name="ask")
     return demo
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import threading
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from .config import load_preset
 from .engine import AnomalyEngine
 from .images import load_image
 from .intents import IntentClassifier
+from .question import Question, read_question
 from .result import Detection
 from .visualize import overlay
 
@@ -96,25 +98,31 @@ class Assistant:
     # -- the conversation ---------------------------------------------------------------------
     def chat(self, image=None, message: str | None = None, references: list | None = None,
              history: list[dict] | None = None, class_name: str | None = None, threshold: float | None = None,
-             max_new_tokens: int = 60) -> ChatResult:
-        """Answer `message` about `image` (path, bytes, array or PIL), optionally against normal `references`."""
+             max_new_tokens: int = 60, mm_per_pixel: float | None = None) -> ChatResult:
+        """Answer `message` about `image` (path, bytes, array or PIL), optionally against normal `references`.
+        `mm_per_pixel` gives sizes in millimetres; a scale said in the conversation takes precedence."""
         with self._lock:
-            return self._chat(image, message, references, history, class_name, threshold, max_new_tokens)
+            return self._chat(image, message, references, history, class_name, threshold, max_new_tokens, mm_per_pixel)
 
-    def _chat(self, image, message, references, history, class_name, threshold, max_new_tokens) -> ChatResult:
+    def _chat(self, image, message, references, history, class_name, threshold, max_new_tokens,
+              mm_per_pixel=None) -> ChatResult:
         message = _clean_message(message)
         history = list(history or [])
+        scale = check_scale(mm_per_pixel)
         picture = load_image(image) if image is not None else None
         refs = [load_image(ref, name=f"reference {i + 1}") for i, ref in enumerate(references or [])]
         class_name = (class_name or "object").strip() or "object"
         intent, _ = self.intents.classify(message)
         detection = self.detect(picture, refs, class_name, threshold) if picture is not None else None
-        follow_up = any(turn.get("role") == "assistant" for turn in history)
-        reply = grounding.grounded_answer(intent, detection, follow_up)
+        question = read_question(message, history, picture.size if picture is not None else (0, 0),
+                                 scale, threshold_set_by_user=threshold is not None)
+        follow_up = question.follow_up
+        reply = grounding.grounded_answer(intent, detection, follow_up, question)
         llm_text = ""
         if self.use_llm and detection is not None and intent in grounding.JUDGEMENT_INTENTS:
-            llm_text = self._checked_llm_text(picture, detection, history, message, intent, max_new_tokens, follow_up)
-            if llm_text and not _repeats(llm_text, [reply, *(t["content"] for t in history if t.get("role") == "assistant")]):
+            llm_text = first_agreeing_sentences(
+                self.llm_text(picture, detection, history, question, intent, max_new_tokens), detection)
+            if llm_text and not repeats(llm_text, [reply, *(t["content"] for t in history if t.get("role") == "assistant")]):
                 reply = f"{reply} {llm_text}"
         for note in (grounding.kind_note(intent, detection, message), grounding.closing_note(intent, detection, follow_up)):
             if note:
@@ -132,22 +140,24 @@ class Assistant:
             self._detections[key] = self.engine.detect(image, references or None, class_name, threshold)
         return self._detections[key]
 
-    def _checked_llm_text(self, image, detection: Detection, history, message: str, intent: str,
-                          max_new_tokens: int, follow_up: bool) -> str:
+    def llm_text(self, image, detection: Detection, history, question: Question, intent: str,
+                 max_new_tokens: int) -> str:
+        """What the language model writes after the grounded lead sentence, unchecked (the answer keeps
+        only its agreeing sentences; eval/llm_agreement.py measures how many do)."""
         from .llm.chat import build_inputs, generate
 
         self.load()
+        message = question.message
         system = prompts.load_text("system").format(class_name=grounding.facts(detection)["class_name"],
                                                     facts=grounding.facts_sentence(detection))
-        lead = grounding.lead_sentence(intent, detection, follow_up)
+        lead = grounding.lead_sentence(intent, detection, question.follow_up, question)
         with torch.no_grad():
             embedding = self.engine.encoder.encode_images([image]).embedding
             small_map = torch.from_numpy(detection.anomaly_map)[None]
             visual = self.bridge(embedding, small_map)
             inputs = build_inputs(self.model, self.tokenizer, system, _text_history(history), message, visual,
                                   lead=lead + " ", max_new_tokens=max_new_tokens)
-            text = generate(self.model, self.tokenizer, inputs, max_new_tokens)
-        return first_agreeing_sentences(text, detection)
+            return generate(self.model, self.tokenizer, inputs, max_new_tokens)
 
 
 def first_agreeing_sentences(text: str, detection: Detection, limit: int = 2) -> str:
@@ -162,7 +172,20 @@ def first_agreeing_sentences(text: str, detection: Detection, limit: int = 2) ->
     return " ".join(kept)
 
 
-def _repeats(text: str, earlier: list[str]) -> bool:
+def check_scale(mm_per_pixel) -> float | None:
+    """None or 0 means no scale; anything else must be a positive number of millimetres per pixel."""
+    if mm_per_pixel in (None, ""):
+        return None
+    try:
+        value = float(mm_per_pixel)
+    except (TypeError, ValueError):
+        raise ValueError(f"mm per pixel must be a number, got {mm_per_pixel!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"mm per pixel must be a positive number (0 for none), got {mm_per_pixel!r}")
+    return value or None
+
+
+def repeats(text: str, earlier: list[str]) -> bool:
     """True when the model's sentence mostly repeats words already said in this conversation."""
     words = set(re.findall(r"[a-z']+", text.lower()))
     said = set(re.findall(r"[a-z']+", " ".join(earlier).lower()))

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property
 
 import torch
 
 from . import prompts
+from .answer import CHAT_INTENTS
 
 
 class IntentClassifier:
@@ -36,14 +38,29 @@ class IntentClassifier:
                                  show_progress_bar=False).float().cpu()
 
     def classify(self, message: str) -> tuple[str, float]:
-        """(intent, similarity); 'off_topic' when nothing is close enough."""
+        """(intent, similarity). A message near no example, or nearest an off-topic one, is off-topic
+        unless it speaks of inspection ("What is the serial number of this part?"): then it goes to the
+        nearest inspection intent when that is close enough, else to 'unsupported', whose reply names
+        what the assistant can tell instead of refusing."""
         text = " ".join(message.split())[:512]
         if not text:
             return "judgement", 1.0
+        data = prompts.load("intents")
         labels, examples = self._examples
         similarity = (examples @ self._embed([text])[0])
         best = int(similarity.argmax())
         score = float(similarity[best])
-        if score < float(prompts.load("intents")["min_similarity"]):
+        if score >= float(data["min_similarity"]) and labels[best] != "off_topic":
+            return labels[best], score
+        if not speaks_of_inspection(text):
             return "off_topic", score
-        return labels[best], score
+        inspection = [i for i, label in enumerate(labels) if label not in CHAT_INTENTS]
+        nearest = max(inspection, key=lambda i: float(similarity[i]))
+        if float(similarity[nearest]) >= float(data["inspection_min_similarity"]):
+            return labels[nearest], float(similarity[nearest])
+        return "unsupported", score
+
+
+def speaks_of_inspection(text: str) -> bool:
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    return bool(words & set(prompts.load("intents")["inspection_words"]))
