@@ -144,3 +144,13 @@ def register_data(sub) -> None:
 
 
 REGISTRY.append(register_data)
+
+
+# -- export -------------------------------------------------------------------------------------------
+def register_export(sub) -> None:
+    from .export_cmd import add_export_command
+
+    add_export_command(sub)
+
+
+REGISTRY.append(register_export)

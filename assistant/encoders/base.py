@@ -8,6 +8,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+# What runs the embedded encoder's backbone: torch (the reference), or ONNX Runtime in float32 or INT8.
+BACKENDS = ("torch", "onnx", "onnx-int8")
+
 
 @dataclass
 class EncodedImages:
@@ -57,7 +60,9 @@ class Encoder(torch.nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        # An encoder whose backbone runs outside torch (ONNX Runtime) may hold no parameters: CPU.
+        parameter = next(self.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
 
     def encode(self, pixels: torch.Tensor) -> EncodedImages:
         raise NotImplementedError

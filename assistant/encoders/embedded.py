@@ -66,6 +66,7 @@ class EmbeddedEncoder(Encoder):
         super().__init__()
         if resize not in ("square", "area"):
             raise ValueError(f"resize must be 'square' or 'area', got {resize!r}")
+        self.model_name = model_name
         self.image_size = image_size
         self.resize = resize
         self.mean = self.std = (0.5, 0.5, 0.5)
