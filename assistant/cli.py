@@ -38,7 +38,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--class-name", default=None, help="object name used in prompts (default: the category name)")
     ev.add_argument("--split-defects", action="store_true", help="also report each defect type against the good images")
     ev.add_argument("--image-size", type=int, default=None, help="override the encoder input size")
+    ev.add_argument("--split", choices=("all", "dev", "holdout"), default="all",
+                    help="test images to score: the fixed dev half (choose settings on it), the holdout half, or all (docs/protocol.md)")
+    ev.add_argument("--perturb", default=None, metavar="NAME[,NAME]",
+                    help="capture changes applied to test images only: rotate, shift, scale, light, blur, jpeg, noise")
+    ev.add_argument("--logical-proxy", action="store_true",
+                    help="evaluate each set's logical-anomaly proxy (missing, extra, turned, recoloured pieces made from its normal test images)")
     add_model_args(ev)
+
+    matrix = sub.add_parser("matrix", help="the whole benchmark matrix: sets x shots x capture conditions -> JSON + Markdown")
+    matrix.add_argument("--data", action="append", default=None,
+                        help="dataset root (repeatable; default: ../shared/datasets and conformal-clip-data)")
+    matrix.add_argument("--shots", default="1,4,64", help="comma-separated numbers of references (default 1,4,64)")
+    matrix.add_argument("--seeds", type=int, default=5, help="seeds below 16 shots (default 5)")
+    matrix.add_argument("--many-shot-seeds", type=int, default=2, help="seeds from 16 shots up (default 2)")
+    matrix.add_argument("--conditions", default="clean,pose,capture",
+                        help="clean; pose = rotate,shift; capture = light,blur,jpeg,noise (default: all three)")
+    matrix.add_argument("--split", choices=("all", "dev", "holdout"), default="holdout")
+    matrix.add_argument("--no-logical-proxy", action="store_true", help="skip the logical-anomaly proxies")
+    matrix.add_argument("--output", type=Path, default=Path("docs/eval/matrix.json"),
+                        help="JSON path; the Markdown table goes beside it (.md)")
+    add_model_args(matrix)
 
     bench = sub.add_parser("bench", help="latency benchmark of features, maps and bank size")
     bench.add_argument("--data", default=None, help="folder of images to benchmark on (default: synthetic textures)")
@@ -64,7 +84,8 @@ def _run_eval(args) -> int:
 
     overrides = {"encoder": {"image_size": args.image_size}} if args.image_size else None
     report = run_evaluation(args.data, args.category, args.shots, args.seeds, args.output, args.preset, args.checkpoint,
-                            args.csv, args.class_name, split_defects=args.split_defects, overrides=overrides)
+                            args.csv, args.class_name, split_defects=args.split_defects, overrides=overrides,
+                            which=args.split, perturbations=args.perturb, logical_proxy=args.logical_proxy)
     print(format_table(report))
     if args.output:
         print(f"results written to {args.output}")
@@ -82,7 +103,24 @@ def _run_bench(args) -> int:
     return 0
 
 
-HANDLERS = {"eval": _run_eval, "bench": _run_bench}
+def _run_matrix(args) -> int:
+    from eval.matrix import run_matrix
+
+    try:
+        shots = [int(k) for k in args.shots.split(",") if k.strip()]
+    except ValueError:
+        raise UserError(f"--shots must be comma-separated whole numbers, got {args.shots!r}") from None
+    if not shots or min(shots) < 1:
+        raise UserError("--shots needs at least one number of references, each 1 or more")
+    sources = args.data or [str(Path(__file__).resolve().parents[2] / "shared" / "datasets"), "conformal-clip-data"]
+    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    report = run_matrix(sources, shots, args.seeds, args.many_shot_seeds, conditions, args.split, args.output,
+                        args.preset, args.checkpoint, logical_proxy=not args.no_logical_proxy)
+    print(f"{len(report['rows'])} rows written to {args.output} and {args.output.with_suffix('.md')}")
+    return 0
+
+
+HANDLERS = {"eval": _run_eval, "bench": _run_bench, "matrix": _run_matrix}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,6 +72,60 @@ def estimate_foreground(image, max_side: int = 128) -> np.ndarray:
     return full if full.sum() >= 64 else everything
 
 
+def border_pixels(array: np.ndarray, share: float = 0.04) -> np.ndarray:
+    """N x C pixels of the outer `share` of each side."""
+    height, width = array.shape[:2]
+    band = max(2, round(share * min(height, width)))
+    return np.concatenate([array[:band].reshape(-1, array.shape[-1]), array[-band:].reshape(-1, array.shape[-1]),
+                           array[band:-band, :band].reshape(-1, array.shape[-1]),
+                           array[band:-band, -band:].reshape(-1, array.shape[-1])])
+
+
+def plain_background(array: np.ndarray, max_std: float = 12.0) -> tuple[np.ndarray, np.ndarray] | None:
+    """(median colour, per-channel spread) of the image border when it is one plain colour (a part
+    photographed on a background: the blurred border varies by less than `max_std` grey levels),
+    else None (a surface or texture fills the frame)."""
+    blurred = cv2.GaussianBlur(as_rgb_array(array).astype(np.float32), (0, 0), 2.0)
+    if float(border_pixels(blurred).mean(axis=1).std()) >= max_std:
+        return None
+    border = border_pixels(as_rgb_array(array).astype(np.float32))
+    return np.median(border, axis=0), border.std(axis=0)
+
+
+def warp_keep_size(array: np.ndarray, matrix: np.ndarray, seed: int = 0,
+                   size: tuple[int, int] | None = None) -> np.ndarray:
+    """An RGB array moved by a 2 x 3 affine matrix onto a canvas of `size` (width, height; default
+    the array's). Uncovered pixels of a part on a plain background get that background (its colour
+    and grain), so no piece of the part is mirrored in as reflection would; a surface is continued
+    by reflection."""
+    array = as_rgb_array(array)
+    width, height = size or (array.shape[1], array.shape[0])
+    background = plain_background(array)
+    if background is None:
+        return cv2.warpAffine(array, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    moved = cv2.warpAffine(array, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    covered = cv2.warpAffine(np.ones(array.shape[:2], np.uint8), matrix, (width, height), flags=cv2.INTER_NEAREST,
+                             borderMode=cv2.BORDER_CONSTANT).astype(bool)
+    median, spread = background
+    fill = median + np.random.default_rng(seed).normal(0.0, 1.0, moved.shape) * spread
+    moved[~covered] = np.clip(fill, 0, 255).astype(np.uint8)[~covered]
+    return moved
+
+
+def rotate_image(array: np.ndarray, degrees: float) -> np.ndarray:
+    """`array` turned by `degrees` about its centre. A part on a plain background gets a canvas
+    large enough to hold every corner (the crop that follows finds it wherever it is); a surface
+    keeps its frame, continued by reflection."""
+    height, width = array.shape[:2]
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
+    if plain_background(array) is None:
+        return warp_keep_size(array, matrix)
+    cos, sin = abs(matrix[0, 0]), abs(matrix[0, 1])
+    new_width, new_height = int(np.ceil(width * cos + height * sin)), int(np.ceil(width * sin + height * cos))
+    matrix[:, 2] += ((new_width - width) / 2, (new_height - height) / 2)
+    return warp_keep_size(array, matrix, size=(new_width, new_height))
+
+
 def foreground_box(image: Image.Image, margin: float = 0.04) -> tuple[int, int, int, int] | None:
     """Bounding box (x0, y0, x1, y1) of the object with a small margin, or None for textures."""
     mask = estimate_foreground(image)

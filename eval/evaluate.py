@@ -23,11 +23,12 @@ from assistant.encoders import EncodedImages
 from assistant.engine import AnomalyEngine, place_map
 from assistant.images import load_mask
 
-from . import metrics
+from . import metrics, perturb
+from .protocol import base_category, select
 
 # Pixel metrics are computed with the longest side scaled to this, to bound memory on big sets.
 PIXEL_EVAL_SIDE = 256
-METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max")
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "judgement_accuracy")
 
 
 @dataclass
@@ -37,24 +38,43 @@ class EncodedTest:
     size: tuple[int, int]
     box: tuple[int, int, int, int]  # where the encoded view sits in the image (crop)
     seconds: float
+    mask: np.ndarray | None  # ground truth at the pixel-evaluation size (after any perturbation)
 
 
-def encode_tests(engine: AnomalyEngine, split: Split, class_name: str, batch_size: int, progress: bool) -> list[EncodedTest]:
+def pixel_eval_size(width: int, height: int) -> tuple[int, int]:
+    scale = PIXEL_EVAL_SIDE / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def load_test_image(sample, perturbations: list[str]):
+    """The test image (RGB PIL) and its mask at the pixel-evaluation size, after `perturbations`."""
+    image = open_image(sample.path)
+    mask = load_mask(sample.mask_path, image.size) if sample.mask_path else None
+    image, mask = perturb.apply(perturbations, image, mask, str(sample.path))
+    small = pixel_eval_size(*image.size)
+    if mask is None:
+        return image, np.zeros(small[::-1], bool)
+    return image, cv2.resize(mask.astype(np.uint8), small, interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def encode_tests(engine: AnomalyEngine, split: Split, class_name: str, batch_size: int, progress: bool,
+                 perturbations: list[str] | None = None) -> list[EncodedTest]:
     keep = engine.scoring_levels()
     out: list[EncodedTest] = []
     samples = split.test
     bar = tqdm(total=len(samples), desc=f"{split.name}: encode", disable=not progress, leave=False)
     for start in range(0, len(samples), batch_size):
         batch = samples[start:start + batch_size]
-        images = [open_image(sample.path) for sample in batch]
+        loaded = [load_test_image(sample, perturbations or []) for sample in batch]
+        images = [image for image, _ in loaded]
         began = time.perf_counter()
         prepared = [engine.prepare(image) for image in images]
         encoded = engine.encode_each([view for view, _ in prepared], batch_size)
         text = [engine.text_maps(one, class_name) for one in encoded]
         per_image = (time.perf_counter() - began) / len(batch)
-        for one, text_map, image, (_, box) in zip(encoded, text, images, prepared):
+        for one, text_map, (image, mask), (_, box) in zip(encoded, text, loaded, prepared):
             levels = [level if i in keep else None for i, level in enumerate(one.levels)]
-            out.append(EncodedTest(EncodedImages(levels, one.embedding), text_map, image.size, box, per_image))
+            out.append(EncodedTest(EncodedImages(levels, one.embedding), text_map, image.size, box, per_image, mask))
         bar.update(len(batch))
     bar.close()
     return out
@@ -67,23 +87,27 @@ def draw_references(split: Split, shots: int, seed: int) -> list[Path]:
     return [split.train_good[i] for i in sorted(rng.choice(len(split.train_good), shots, replace=False))]
 
 
-def pixel_arrays(split: Split, tests: list[EncodedTest], maps: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def pixel_arrays(tests: list[EncodedTest], maps: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Masks and maps at the pixel-evaluation size, each map first placed at its crop in the image."""
-    gts, preds = [], []
-    for sample, test, small in zip(split.test, tests, maps):
-        width, height = test.size
-        scale = PIXEL_EVAL_SIDE / max(width, height)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        gts.append(load_mask(sample.mask_path, size) if sample.mask_path else np.zeros(size[::-1], bool))
-        placed = place_map(small, test.box, width, height)
-        preds.append(cv2.resize(placed, size, interpolation=cv2.INTER_LINEAR))
-    return gts, preds
+    preds = []
+    for test, small in zip(tests, maps):
+        placed = place_map(small, test.box, *test.size)
+        preds.append(cv2.resize(placed, pixel_eval_size(*test.size), interpolation=cv2.INTER_LINEAR))
+    return [test.mask for test in tests], preds
 
 
 def evaluate_split(engine: AnomalyEngine, split: Split, shots: int, seeds: list[int], class_name: str,
                    batch_size: int = 8, progress: bool = True, csv_rows: list | None = None,
-                   split_defects: bool = False) -> dict[str, dict]:
-    tests = encode_tests(engine, split, class_name, batch_size, progress)
+                   split_defects: bool = False, perturbations: list[str] | None = None) -> dict[str, dict]:
+    tests = encode_tests(engine, split, class_name, batch_size, progress, perturbations)
+    return score_tests(engine, split, tests, shots, seeds, class_name, progress, csv_rows, split_defects)
+
+
+def score_tests(engine: AnomalyEngine, split: Split, tests: list[EncodedTest], shots: int, seeds: list[int],
+                class_name: str, progress: bool = True, csv_rows: list | None = None,
+                split_defects: bool = False) -> dict[str, dict]:
+    """Metrics of encoded test images against K references per seed (encoding is shared by every
+    number of shots, so a benchmark matrix encodes each set once per capture condition)."""
     labels = np.array([s.label for s in split.test])
     defects = np.array([s.defect for s in split.test])
     per_seed: dict[str, list[dict]] = {}
@@ -97,9 +121,9 @@ def evaluate_split(engine: AnomalyEngine, split: Split, shots: int, seeds: list[
         scores = np.array([float(s[0]) for _, s in assessed])
         map_seconds = (time.perf_counter() - began) / len(tests)
         ms.append(1000 * (map_seconds + np.mean([t.seconds for t in tests])))
-        gts, preds = pixel_arrays(split, tests, [m[0] for m, _ in assessed]) if split.has_masks else (None, None)
+        gts, preds = pixel_arrays(tests, [m[0] for m, _ in assessed]) if split.has_masks else (None, None)
         for name, subset in _subsets(defects, split_defects):
-            per_seed.setdefault(name, []).append(_metrics(labels[subset], scores[subset],
+            per_seed.setdefault(name, []).append(_metrics(labels[subset], scores[subset], threshold,
                                                           [gts[i] for i in np.flatnonzero(subset)] if gts else None,
                                                           [preds[i] for i in np.flatnonzero(subset)] if preds else None))
         if csv_rows is not None:
@@ -123,11 +147,12 @@ def _subsets(defects: np.ndarray, split_defects: bool):
             yield defect, (defects == "good") | (defects == defect)
 
 
-def _metrics(labels, scores, gts, preds) -> dict:
+def _metrics(labels, scores, threshold, gts, preds) -> dict:
     has_pixels = gts is not None and any(g.any() for g in gts)
     return {
         "image_auroc": metrics.image_auroc(labels, scores),
         "image_f1_max": metrics.image_f1_max(labels, scores),
+        "judgement_accuracy": metrics.balanced_accuracy(labels, scores > threshold),
         "pixel_auroc": metrics.pixel_auroc(gts, preds) if has_pixels else float("nan"),
         "aupro": metrics.aupro(gts, preds) if has_pixels else float("nan"),
         "n_test": len(labels),
@@ -141,31 +166,58 @@ def _mean_std(values: list[float]) -> dict:
     return {"mean": round(float(array.mean()), 2), "std": round(float(array.std()), 2)}
 
 
+def proxy_root() -> Path:
+    """Where derived evaluation sets are written: `$ANOMALY_ASSISTANT_CACHE/proxies`, by default
+    under the user's cache folder (never inside the repository: they are made from licensed images)."""
+    import os
+
+    base = os.environ.get("ANOMALY_ASSISTANT_CACHE") or Path.home() / ".cache" / "anomaly-assistant"
+    return Path(base) / "proxies"
+
+
+def evaluation_splits(data: str, categories: list[str] | None, which: str = "all", logical_proxy: bool = False) -> list[Split]:
+    """The sets to evaluate: each found set, or with `logical_proxy` its logical proxy
+    (eval/logical_proxy.py, made once into `proxy_root()`), cut to the dev or holdout half."""
+    from .logical_proxy import build
+
+    splits = discover(data, categories)
+    if logical_proxy:
+        splits = [discover(build(split, proxy_root()))[0] for split in splits]
+    return [select(split, which) for split in splits]
+
+
 def run_evaluation(data: str, categories: list[str] | None, shots: int, seeds: int, output: Path | None,
                    preset: str = "embedded", checkpoint_dir: str | None = None, csv_path: Path | None = None,
                    class_name: str | None = None, batch_size: int = 8, split_defects: bool = False,
-                   overrides: dict | None = None, progress: bool | None = None) -> dict:
+                   overrides: dict | None = None, progress: bool | None = None, which: str = "all",
+                   perturbations: list[str] | None = None, logical_proxy: bool = False,
+                   engine: AnomalyEngine | None = None) -> dict:
+    """Evaluate every set under `data` (see `evaluation_splits`); `engine` reuses a loaded one."""
     from assistant.config import load_preset
 
     if shots < 0:
         raise ValueError("--shots must be 0 (zero-shot: no references) or more")
     if seeds < 1:
         raise ValueError("--seeds must be at least 1")
-    splits = discover(data, categories)
+    perturbations = perturb.parse(perturbations)
+    splits = evaluation_splits(data, categories, which, logical_proxy)
     progress = sys.stderr.isatty() if progress is None else progress
-    config = load_preset(preset, overrides)
-    engine = AnomalyEngine(config, checkpoint_dir)
+    config = engine.preset if engine else load_preset(preset, overrides)
+    engine = engine or AnomalyEngine(config, checkpoint_dir)
     seed_list = list(range(seeds))
     csv_rows: list | None = [] if csv_path else None
     results = {}
     for split in splits:
-        name = class_name or split.name.replace("_", " ")
-        results.update(evaluate_split(engine, split, shots, seed_list, name, batch_size, progress, csv_rows, split_defects))
+        name = class_name or base_category(split.name).replace("_", " ")
+        results.update(evaluate_split(engine, split, shots, seed_list, name, batch_size, progress, csv_rows,
+                                      split_defects, perturbations))
     report = {
         "config": {
             "data": str(data), "categories": [s.name for s in splits], "shots": shots, "seeds": seed_list,
+            "split": which, "perturbations": perturbations, "logical_proxy": logical_proxy,
             "preset": config.get("name", str(preset)), "encoder": config["encoder"], "memory_bank": config["memory_bank"],
-            "anomaly_map": config["anomaly_map"], "text_map_trained": engine.text_map.trained,
+            "anomaly_map": config["anomaly_map"], "threshold": config.get("threshold"),
+            "text_map_trained": engine.text_map.trained,
             "checkpoint": str(engine.checkpoint_dir) if engine.checkpoint_dir else None,
             "torch_threads": torch.get_num_threads(),
             "pixel_eval_side": PIXEL_EVAL_SIDE,
@@ -191,7 +243,8 @@ def _write_csv(path: Path, rows: list[list]) -> None:
 
 
 def format_table(report: dict) -> str:
-    header = f"{'category':<24}{'img AUROC':>14}{'pix AUROC':>14}{'AUPRO':>14}{'F1-max':>14}{'ms/img':>9}{'n':>6}"
+    header = (f"{'category':<24}{'img AUROC':>14}{'pix AUROC':>14}{'AUPRO':>14}{'F1-max':>14}{'verdict acc':>14}"
+              f"{'ms/img':>9}{'n':>6}")
     lines = [header, "-" * len(header)]
     for name, entry in report["results"].items():
         cells = [_cell(entry[k]) for k in METRIC_KEYS]

@@ -1,4 +1,4 @@
-"""Anomaly-detection metrics: image AUROC / F1-max, pixel AUROC and AUPRO.
+"""Anomaly-detection metrics: image AUROC / F1-max, judgement (balanced) accuracy, pixel AUROC and AUPRO.
 
 Every function returns a fraction in 0..1 (callers convert to percent) or float('nan') when the
 metric is undefined (a single class, no anomalous pixels or regions). Pixel metrics take a sequence
@@ -11,7 +11,7 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-from sklearn.metrics import auc, precision_recall_curve, roc_auc_score
+from sklearn.metrics import auc, balanced_accuracy_score, precision_recall_curve, roc_auc_score
 
 NAN = float("nan")
 
@@ -52,6 +52,16 @@ def f1_max_threshold(labels, scores) -> tuple[float, float]:
 def image_f1_max(labels, scores) -> float:
     """Best F1 over all score thresholds (sklearn precision_recall_curve); nan with one class."""
     return f1_max_threshold(labels, scores)[0]
+
+
+def balanced_accuracy(labels, decisions) -> float:
+    """Mean of the share of good images passed and of anomalous images flagged: the accuracy of the
+    yes/no a user reads, on a set with as many good as anomalous images; nan with one class."""
+    labels = np.asarray(labels).ravel().astype(np.int64)
+    decisions = np.asarray(decisions).ravel().astype(bool)
+    if np.unique(labels).size < 2:
+        return NAN
+    return float(balanced_accuracy_score(labels, decisions))
 
 
 def _pixel_pairs(masks: Sequence, maps: Sequence):

@@ -13,7 +13,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
-METRICS = {"image_auroc", "pixel_auroc", "aupro", "image_f1_max", "ms_per_image", "n_test"}
+METRICS = {"image_auroc", "pixel_auroc", "aupro", "image_f1_max", "judgement_accuracy", "ms_per_image", "n_test"}
 
 
 def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
