@@ -267,7 +267,10 @@ class AnomalyEngine:
         a pose or lighting change that lifts the whole map does not read as a defect."""
         maps = self.fuse(self.bank_maps(encoded, references.bank), text_maps)
         if references.relative:
-            maps = maps / np.maximum(maps.mean(axis=(1, 2), keepdims=True), 1e-6)
+            quantile = self.map_cfg.get("relative_quantile")
+            level = (maps.mean(axis=(1, 2), keepdims=True) if quantile is None
+                     else np.quantile(maps, float(quantile), axis=(1, 2), keepdims=True))
+            maps = maps / np.maximum(level, 1e-6)
         return maps
 
     # -- references and threshold -------------------------------------------------------------
@@ -286,7 +289,8 @@ class AnomalyEngine:
         cfg = self.bank_cfg
         cover = cover or cfg.get("cover", "greedy")
         return MemoryBank(cfg["levels"], cfg.get("pool", 1), cfg.get("augmentations"), cfg.get("max_patches", 50_000),
-                          seed, cfg.get("self_radius", 0), cfg.get("precision", "auto"), cover)
+                          seed, cfg.get("self_radius", 0), cfg.get("precision", "auto"), cover,
+                          int(cfg.get("pose_views", 0)))
 
     def _new_stats(self, originals: list[EncodedImages], relative: bool) -> GlobalStats | None:
         """Whole-image texture statistics, for surfaces with at least two references: on a cropped
@@ -335,15 +339,16 @@ class AnomalyEngine:
 
     @torch.no_grad()
     def _build_references(self, images: list[Image.Image], class_name: str, seed: int) -> ReferenceSet:
-        prepared = [self.prepare(image) for image in images]
-        relative = self._is_relative([box != (0, 0, *image.size) for image, (_, box) in zip(images, prepared)])
-        images = [view for view, _ in prepared]
         bank = self._new_bank(seed)
         n_views = len(bank.augmentations)
         if len(images) == 1 and n_views == 1:  # checked before encoding: nothing could be held out
             raise EngineError("one reference image needs a reference augmentation (e.g. hflip) to set a threshold: add one to the preset or give a second reference image")
-        per_view = self.encode_each(augment(images, bank.augmentations))
-        bank.fit_features([view.levels for view in per_view])
+        # Views are made from the whole photo and then cropped, as a query is: a part turned by any
+        # angle keeps all of itself and gets the crop (and so the scale) a query at that angle gets.
+        prepared = [self.prepare(view) for view in augment(images, bank.augmentations)]
+        relative = self._is_relative([box != (0, 0, *image.size) for image, (_, box) in zip(images, prepared[::n_views])])
+        per_view = self.encode_each([view for view, _ in prepared])
+        bank.fit_features([view.levels for view in per_view], [i // n_views for i in range(len(per_view))])
         stats = self._new_stats(per_view[::n_views], relative) if len(images) >= 2 else None
         full = ReferenceSet(bank, stats, relative, len(images), threshold=self._margin(relative, len(images)),
                             texture=self._new_texture(per_view, per_view[::n_views], relative))
@@ -370,8 +375,11 @@ class AnomalyEngine:
         held_out_cover = self.bank_cfg.get("held_out_cover", "greedy")
         peaks, shifts = [], []
         for held_out_views in self._held_out_folds(n_images, n_views):
-            others = [view for index, view in enumerate(per_view) if index not in held_out_views]
-            held_out = replace(full, bank=self._new_bank(seed, held_out_cover).fit_features([view.levels for view in others]))
+            kept = [index for index in range(len(per_view)) if index not in held_out_views]
+            others = [per_view[index] for index in kept]
+            bank = self._new_bank(seed, held_out_cover).fit_features([view.levels for view in others],
+                                                                     [index // n_views for index in kept])
+            held_out = replace(full, bank=bank)
             stats = self._new_stats(others[::n_views], full.relative) if full.stats is not None else None
             # the unaugmented view of each held-out image (or the single held-out view)
             for query in (per_view[index] for index in sorted(held_out_views) if n_images == 1 or index % n_views == 0):

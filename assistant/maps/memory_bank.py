@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from ..foreground import rotate_image
 
 
 AUGMENTATIONS = {
@@ -18,11 +21,29 @@ AUGMENTATIONS = {
 }
 
 
+def rotate_any(image: Image.Image, degrees: float) -> Image.Image:
+    """`image` turned by `degrees` about its centre (canvas and corners: see `rotate_image`)."""
+    return Image.fromarray(rotate_image(np.asarray(image), degrees))
+
+
+def augmentation(name: str):
+    """The view function for a name of AUGMENTATIONS, or "rot<degrees>" / "hflip+rot<degrees>"."""
+    if name in AUGMENTATIONS:
+        return AUGMENTATIONS[name]
+    flip, _, rest = name.rpartition("+")
+    if rest.startswith("rot") and flip in ("", "hflip"):
+        try:
+            degrees = float(rest[3:])
+        except ValueError:
+            degrees = None
+        if degrees is not None:
+            return lambda im: rotate_any(AUGMENTATIONS[flip or "identity"](im), degrees)
+    raise ValueError(f"unknown reference augmentation {name!r}; choose from {sorted(AUGMENTATIONS)} or rot<degrees>")
+
+
 def augment(images: list[Image.Image], names: list[str]) -> list[Image.Image]:
-    unknown = set(names) - set(AUGMENTATIONS)
-    if unknown:
-        raise ValueError(f"unknown reference augmentations {sorted(unknown)}; choose from {sorted(AUGMENTATIONS)}")
-    return [AUGMENTATIONS[name](image) for image in images for name in names]
+    views = [augmentation(name) for name in names]
+    return [view(image) for image in images for view in views]
 
 
 def aggregate(level: torch.Tensor, pool: int) -> torch.Tensor:
@@ -129,11 +150,16 @@ def self_distance(feature: torch.Tensor, radius: int, dtype: torch.dtype = torch
 
 
 class MemoryBank:
-    """Per-level banks of L2-normalised reference patches."""
+    """Per-level banks of L2-normalised reference patches.
+
+    With `pose_views` k > 0 the views are kept apart, and each query is compared only with the k
+    views of every reference image whose patches it matches best (`choose_views`): the reference's
+    pose nearest the query's, rather than patches of every pose at once, which would let an
+    anomalous patch match a normal one turned by any angle."""
 
     def __init__(self, levels: list[int], pool: int = 3, augmentations: list[str] | None = None,
                  max_patches: int = 50_000, seed: int = 0, self_radius: int = 0, precision: str = "auto",
-                 cover: str = "greedy"):
+                 cover: str = "greedy", pose_views: int = 0):
         if cover not in COVERS:
             raise ValueError(f"unknown memory-bank cover {cover!r}; choose {' or '.join(COVERS)}")
         self.cover = COVERS[cover]
@@ -144,17 +170,48 @@ class MemoryBank:
         self.augmentations = augmentations or ["identity"]
         self.max_patches = max_patches
         self.seed = seed
+        self.pose_views = pose_views
         self.banks: list[torch.Tensor] = []
+        self.view_banks: list[list[torch.Tensor]] = []  # per view, per level (pose_views > 0)
+        self.view_keys: list[torch.Tensor] = []  # per view: patches that choose_views compares
+        self.image_of_view: list[int] = []
 
-    def fit_features(self, levels_per_view: list[list[torch.Tensor]]) -> "MemoryBank":
-        """Build from encoded reference views (each a list of level tensors)."""
+    def fit_features(self, levels_per_view: list[list[torch.Tensor]], image_of_view: list[int] | None = None) -> "MemoryBank":
+        """Build from encoded reference views (each a list of level tensors); `image_of_view` says
+        which reference image each view was made from (default: one image per view)."""
         dtype = similarity_dtype(self.precision, levels_per_view[0][0].device)
+        if self.pose_views > 0:
+            self.view_banks = [[patches(aggregate(view[level], self.pool)).to(dtype) for level in self.levels]
+                               for view in levels_per_view]
+            self.view_keys = [bank[-1] for bank in self.view_banks]
+            self.image_of_view = list(image_of_view if image_of_view is not None else range(len(levels_per_view)))
+            return self
         self.banks = [
             self.cover(torch.cat([patches(aggregate(view[level], self.pool)) for view in levels_per_view]),
                        self.max_patches, self.seed).to(dtype)
             for level in self.levels
         ]
         return self
+
+    def choose_views(self, key: torch.Tensor) -> list[int]:
+        """Views of each reference image whose patches the query's `key` patches (N x C, the
+        coarsest bank level, every other cell) match best on average, `pose_views` per image."""
+        key = key.to(self.view_keys[0].dtype)
+        fit = torch.stack([(key @ view.T).amax(dim=1).float().mean() for view in self.view_keys])
+        chosen = []
+        for image in sorted(set(self.image_of_view)):
+            views = [v for v, owner in enumerate(self.image_of_view) if owner == image]
+            order = sorted(views, key=lambda v: -float(fit[v]))
+            chosen += order[:self.pose_views]
+        return chosen
+
+    def _banks_for(self, features: list[torch.Tensor], index: int) -> list[torch.Tensor]:
+        """The per-level banks query `index` of the batch is compared with."""
+        if self.pose_views <= 0:
+            return self.banks
+        coarse = features[-1][index:index + 1, :, ::2, ::2]
+        chosen = self.choose_views(patches(coarse))
+        return [torch.cat([self.view_banks[v][level] for v in chosen]) for level in range(len(self.levels))]
 
     def _features(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
         return [aggregate(levels[level], self.pool) for level in self.levels]
@@ -173,11 +230,13 @@ class MemoryBank:
     @torch.no_grad()
     def distance_maps(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
         """1 - max cosine similarity, per configured level, each B x h_l x w_l."""
-        if not self.banks:
+        if not self.banks and not self.view_banks:
             raise RuntimeError("memory bank is empty: call fit() with reference images first")
         features = self._features(levels)
-        maps = [(1.0 - nearest_similarity(patches(feature), bank)).reshape(feature.shape[0], *feature.shape[-2:])
-                for feature, bank in zip(features, self.banks)]
+        per_query = [self._banks_for(features, b) for b in range(features[0].shape[0])]
+        maps = [torch.cat([(1.0 - nearest_similarity(patches(feature[b:b + 1]), banks[i])).reshape(1, *feature.shape[-2:])
+                           for b, banks in enumerate(per_query)])
+                for i, feature in enumerate(features)]
         if self.self_radius > 0:
             maps = [torch.minimum(d, s) for d, s in zip(maps, self._self_distances(features, self.self_radius))]
         return maps
