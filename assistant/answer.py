@@ -282,14 +282,35 @@ def threshold_note(detection: Detection | None) -> str:
     return prompts.load("answers")["zero_shot_threshold" if detection.mode == "zero-shot" else "estimated_threshold"]
 
 
-def kind_note(intent: str, detection: Detection | None, message: str) -> str:
+def kind_note(intent: str, detection: Detection | None, message: str, kinds: list | None = None) -> str:
     """After a yes to "Is there a crack?": the engine finds where a part differs, not which kind of
-    defect it is, so the yes must not read as a confirmed crack; else ''."""
-    if intent != "judgement" or detection is None or not detection.anomalous:
+    defect it is, so the yes must not read as a confirmed crack; else ''. With the user's labelled
+    defect examples (`kinds`: one defect_kinds.KindMatch per region) the note says which of the
+    user's kinds each region looks most like instead, after a description too."""
+    if detection is None or not detection.anomalous:
         return ""
-    if not defect_type_pattern().search(message.lower()):
+    if kinds and (intent == "describe" or (intent == "judgement" and defect_type_pattern().search(message.lower()))):
+        return kind_sentences(detection, kinds)
+    if intent != "judgement" or not defect_type_pattern().search(message.lower()):
         return ""
     return prompts.load("answers")["kind_unknown"].format(**facts(detection))
+
+
+def kind_sentences(detection: Detection, kinds: list) -> str:
+    """"It looks most like a *cut* (closest to 3 of your 4 cut examples)." per region (the first
+    MAX_REGIONS_LISTED), each region named by its position when there are several."""
+    templates = prompts.load("answers")["defect_kind"]
+    sentences = []
+    several = len(kinds) > 1
+    for region, match in list(zip(detection.regions, kinds))[:MAX_REGIONS_LISTED]:
+        if match.kind is None:
+            sentence = templates["none"].format(kinds=_join(sorted(match.kinds_given)), nearest=match.nearest_kind)
+        else:
+            sentence = templates["one" if match.n_examples > 1 else "single"].format(
+                kind=match.kind, closest=match.closest, n=match.n_examples)
+        sentences.append(templates["at"].format(position=region.position, sentence=sentence[:1].lower() + sentence[1:])
+                         if several else sentence)
+    return " ".join(sentences)
 
 
 def _where(templates: dict, detection: Detection) -> str:

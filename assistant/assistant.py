@@ -41,6 +41,7 @@ class ChatResult:
     intent: str = "judgement"
     llm_text: str = ""  # the model's own words kept in the answer ('' when the fallback was used)
     image: Image.Image | None = None
+    kinds: list = field(default_factory=list)  # defect_kinds.KindMatch per region, with the user's defect examples
 
     @property
     def anomalous(self) -> bool | None:
@@ -54,6 +55,8 @@ class ChatResult:
         data = {"answer": self.answer}
         data.update(self.detection.to_json() if self.detection else {"anomalous": None, "score": None,
                                                                         "threshold": None, "regions": []})
+        for region, match in zip(data["regions"], self.kinds):
+            region.update(match.to_json())
         return data
 
 
@@ -68,6 +71,7 @@ class Assistant:
         self.llm_settings = {**self.preset.get("llm", {}), **(llm_overrides or {})}
         self.model = self.tokenizer = self.bridge = None
         self._detections: dict[str, Detection] = {}
+        self._kinds: dict[tuple, list] = {}
         # One conversation step at a time: the caches and the model are shared by every session
         # the app serves, and two cores gain nothing from running two steps at once.
         self._lock = threading.RLock()
@@ -98,14 +102,17 @@ class Assistant:
     # -- the conversation ---------------------------------------------------------------------
     def chat(self, image=None, message: str | None = None, references: list | None = None,
              history: list[dict] | None = None, class_name: str | None = None, threshold: float | None = None,
-             max_new_tokens: int = 60, mm_per_pixel: float | None = None) -> ChatResult:
+             max_new_tokens: int = 60, mm_per_pixel: float | None = None, defects=None) -> ChatResult:
         """Answer `message` about `image` (path, bytes, array or PIL), optionally against normal `references`.
-        `mm_per_pixel` gives sizes in millimetres; a scale said in the conversation takes precedence."""
+        `mm_per_pixel` gives sizes in millimetres; a scale said in the conversation takes precedence.
+        `defects` (defect_kinds.DefectExamples, the user's labelled examples) names the kind each
+        anomalous region looks most like."""
         with self._lock:
-            return self._chat(image, message, references, history, class_name, threshold, max_new_tokens, mm_per_pixel)
+            return self._chat(image, message, references, history, class_name, threshold, max_new_tokens, mm_per_pixel,
+                              defects)
 
     def _chat(self, image, message, references, history, class_name, threshold, max_new_tokens,
-              mm_per_pixel=None) -> ChatResult:
+              mm_per_pixel=None, defects=None) -> ChatResult:
         message = _clean_message(message)
         history = list(history or [])
         scale = check_scale(mm_per_pixel)
@@ -124,11 +131,24 @@ class Assistant:
                 self.llm_text(picture, detection, history, question, intent, max_new_tokens), detection)
             if llm_text and not repeats(llm_text, [reply, *(t["content"] for t in history if t.get("role") == "assistant")]):
                 reply = f"{reply} {llm_text}"
-        for note in (grounding.kind_note(intent, detection, message), grounding.closing_note(intent, detection, follow_up)):
+        kinds = self.kinds(defects, picture, detection, refs, class_name) if defects is not None and detection else []
+        for note in (grounding.kind_note(intent, detection, message, kinds),
+                     grounding.closing_note(intent, detection, follow_up)):
             if note:
                 reply = f"{reply} {note}"
         new_history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": reply}]
-        return ChatResult(reply, detection, new_history, intent, llm_text, picture)
+        return ChatResult(reply, detection, new_history, intent, llm_text, picture, kinds)
+
+    def kinds(self, defects, image: Image.Image, detection: Detection, references: list[Image.Image],
+              class_name: str) -> list:
+        """The kind each region of an anomalous detection looks like, cached per detection and example
+        set: describing a region encodes a crop of it, which follow-up questions need not repeat."""
+        key = (_key(image, references, class_name, detection.threshold), id(defects))
+        if key not in self._kinds:
+            if len(self._kinds) >= 32:
+                self._kinds.pop(next(iter(self._kinds)))
+            self._kinds[key] = defects.classify(self.engine, image, detection, references, class_name)
+        return self._kinds[key]
 
     def detect(self, image: Image.Image, references: list[Image.Image], class_name: str,
                threshold: float | None) -> Detection:

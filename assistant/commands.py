@@ -32,8 +32,24 @@ def register_ask(sub) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object (answer, anomalous, score, threshold, regions)")
     parser.add_argument("--heatmap", type=Path, default=None, metavar="PATH", help="write the heatmap overlay PNG here")
     parser.add_argument("--max-new-tokens", type=int, default=60, help="LLM answer length limit (default: 60)")
+    add_defects_arg(parser)
     add_model_args(parser)
     parser.set_defaults(handler=run_ask)
+
+
+def add_defects_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--defects", type=Path, default=None, metavar="DIR",
+                        help="labelled defect examples, a folder per kind (DIR/<kind>/*.png, optional <stem>_mask.png "
+                             "or masks/): each anomalous region is matched to the nearest kind")
+
+
+def load_defects(folder: Path | None):
+    """The user's defect examples, read and checked before any model loads (None without --defects)."""
+    if folder is None:
+        return None
+    from .defect_kinds import DefectExamples
+
+    return DefectExamples.from_folder(folder)
 
 
 def run_ask(args) -> int:
@@ -47,6 +63,7 @@ def run_ask(args) -> int:
         raise ValueError(f"--max-new-tokens must be between 1 and 1024, got {args.max_new_tokens}")
     query = load_image(args.image)
     references = load_references(args.reference)
+    defects = load_defects(args.defects)
 
     from .checkpoint import atomic_write_bytes  # imports torch: only once the input is known to be good
 
@@ -56,7 +73,7 @@ def run_ask(args) -> int:
         assistant = load_assistant(args.preset, args.checkpoint, use_llm=not args.no_llm)
         log.info("models loaded in %.1f s", time.time() - started)
         result = assistant.chat(query, args.question, references, class_name=args.class_name,
-                                threshold=threshold, max_new_tokens=args.max_new_tokens)
+                                threshold=threshold, max_new_tokens=args.max_new_tokens, defects=defects)
         if args.heatmap is not None and result.heatmap is not None:
             atomic_write_bytes(args.heatmap, png_bytes(result.heatmap))
             log.info("heatmap written to %s", args.heatmap)
@@ -72,6 +89,7 @@ def run_ask(args) -> int:
 
 
 # -- inspect ------------------------------------------------------------------------------------------
+INSPECT_BATCH = 4
 def register_inspect(sub) -> None:
     parser = sub.add_parser("inspect", help="score every image in a folder; write report.csv and report.html",
                             description="Inspect every image under FOLDER (recursive) and write a CSV and an HTML report.")
@@ -82,6 +100,16 @@ def register_inspect(sub) -> None:
     parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: calibrated)")
     parser.add_argument("--out", required=True, type=Path, help="output folder for report.csv, report.html and overlays")
     parser.add_argument("--max-new-tokens", type=int, default=40, help="LLM answer length limit (default: 40)")
+    parser.add_argument("--batch", type=int, default=INSPECT_BATCH, metavar="N",
+                        help=f"images per engine call; views of one input size share a forward pass (default: {INSPECT_BATCH})")
+    parser.add_argument("--cluster", choices=["dask"], default=None,
+                        help="run on a Dask cluster: each worker loads the models once and reads its share of the images "
+                             "(needs the 'cluster' extra; docs/deployment.md)")
+    parser.add_argument("--address", default=None, metavar="ADDR",
+                        help="with --cluster: the scheduler, e.g. tcp://10.0.0.5:8786 (default: start a local cluster)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="with --cluster and no --address: local worker processes, one thread each (default: 2)")
+    add_defects_arg(parser)
     add_model_args(parser)
     parser.set_defaults(handler=_run_inspect)
 
@@ -154,3 +182,34 @@ def register_export(sub) -> None:
 
 
 REGISTRY.append(register_export)
+
+
+# -- eval-kinds ---------------------------------------------------------------------------------------
+def register_eval_kinds(sub) -> None:
+    parser = sub.add_parser("eval-kinds", help="defect-kind accuracy from K labelled examples per kind",
+                            description="K examples per kind from the anomalous test images (their masks give the "
+                                        "regions), the other images as queries; closed-set balanced accuracy and "
+                                        "open-set rejection, mean ± std over seeds (eval/defect_kinds.py).")
+    parser.add_argument("--data", required=True, help="MVTec-layout dataset folder (masks needed), or a folder of them")
+    parser.add_argument("--category", action="append", default=None, help="category subfolder to evaluate (repeatable)")
+    parser.add_argument("--defect-shots", type=int, nargs="+", default=[3], metavar="K",
+                        help="examples per kind (several values share one encoding of the images; default: 3)")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--subset", choices=["all", "dev", "holdout"], nargs="+", default=["all"],
+                        help="images by path hash: dev (constants were chosen there), holdout, or all (default); "
+                             "several share one encoding")
+    parser.add_argument("--regions", choices=["mask", "engine", "both"], default="both",
+                        help="query regions: ground-truth masks, the engine's own region (one reference), or both")
+    parser.add_argument("--class-name", default=None, help="object name used in prompts (default: the category name)")
+    parser.add_argument("--output", type=Path, default=None, help="results JSON path (default: print the JSON)")
+    add_model_args(parser)
+    parser.set_defaults(handler=_run_eval_kinds)
+
+
+def _run_eval_kinds(args) -> int:
+    from eval.defect_kinds import run_eval_kinds
+
+    return run_eval_kinds(args)
+
+
+REGISTRY.append(register_eval_kinds)

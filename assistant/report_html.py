@@ -8,6 +8,8 @@ import io
 
 from PIL import Image
 
+from .defect_kinds import kind_label
+
 THUMB_SIDE = 160
 
 _CSS = """
@@ -93,10 +95,20 @@ def _bar(score: float, threshold: float) -> str:
 
 
 def _positions(regions: list[dict]) -> str:
+    if any("kind" in region for region in regions):  # defect examples given: each region with its kind
+        return ", ".join(f"{_e(region['position'])}: {_e(kind_label(region))}" for region in regions)
     counts: dict[str, int] = {}
     for region in regions:
         counts[region["position"]] = counts.get(region["position"], 0) + 1
     return ", ".join(_e(p) + (f" (&times;{n})" if n > 1 else "") for p, n in counts.items())
+
+
+def _speed(summary: dict) -> str:
+    if "images_per_second" not in summary:
+        return ""
+    workers = summary.get("workers", 1)
+    return (f" &middot; {summary['images_per_second']} images/s"
+            + (f" on {workers} workers" if workers > 1 else ""))
 
 
 def render_report(rows: list, summary: dict) -> str:
@@ -116,7 +128,7 @@ def render_report(rows: list, summary: dict) -> str:
         f"<div class='meta'>{_e(summary.get('folder', ''))} &middot; class <b>{_e(summary.get('class_name', ''))}</b> &middot; "
         f"{_e(mode)} &middot; preset {_e(summary.get('preset', ''))} &middot; "
         f"{'LLM answers' if summary.get('llm') else 'template answers (no LLM)'} &middot; {when} &middot; "
-        f"{summary.get('seconds', 0)} s</div></header><main>",
+        f"{summary.get('seconds', 0)} s{_speed(summary)}</div></header><main>",
     ]
     if summary.get("interrupted"):
         parts.append(f"<div class='banner'>Run interrupted: {summary.get('done')} of {summary.get('total')} images were inspected; "
