@@ -86,3 +86,12 @@ def png_bytes(image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def load_defects(folder: Path | None):
+    """The user's defect examples, read and checked before any model loads (None without --defects)."""
+    if folder is None:
+        return None
+    from .defect_kinds import DefectExamples
+
+    return DefectExamples.from_folder(folder)

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli_support import add_model_args, check_threshold, load_assistant, load_references, png_bytes
+from .cli_support import add_model_args, check_threshold, load_assistant, load_defects, load_references, png_bytes
 
 log = logging.getLogger("assistant.cli")
 
@@ -41,15 +41,6 @@ def add_defects_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--defects", type=Path, default=None, metavar="DIR",
                         help="labelled defect examples, a folder per kind (DIR/<kind>/*.png, optional <stem>_mask.png "
                              "or masks/): each anomalous region is matched to the nearest kind")
-
-
-def load_defects(folder: Path | None):
-    """The user's defect examples, read and checked before any model loads (None without --defects)."""
-    if folder is None:
-        return None
-    from .defect_kinds import DefectExamples
-
-    return DefectExamples.from_folder(folder)
 
 
 def run_ask(args) -> int:

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .answer import threshold_note
-from .cli_support import check_threshold, load_assistant, load_references, one_line, png_bytes
-from .commands import load_defects
+from .cli_support import check_threshold, load_assistant, load_defects, load_references, one_line, png_bytes
 from .defect_kinds import kind_label
 from .data.datasets import IMAGE_SUFFIXES, is_image_file
 from .images import ImageError, load_image
