@@ -1,0 +1,407 @@
+"""docs/benchmarks.md from the evaluation runs in docs/eval/*.json, so the published figures are the runs' own.
+
+    .venv/bin/python -m eval.benchmarks_doc            # rewrite docs/benchmarks.md
+    .venv/bin/python -m eval.benchmarks_doc --check    # exit 1 when docs/benchmarks.md is not what the runs give
+
+Reads two kinds of file: what `anomaly-assistant eval --output` writes ({"config", "results"}) and what
+`anomaly-assistant matrix` writes ({"config", "rows"}, docs/eval/matrix.json, optional). `CURRENT` names
+the eval runs of the shipped engine and preset, one table each; every other eval run is listed with
+its headline figures and what it varied (`VARIANTS`). A run's command and machine are read from its
+config ("command", "machine") when it records them, otherwise the command is rebuilt from the config.
+Only the standard library is used: no model is loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+EVAL_DIR = REPO / "docs" / "eval"
+OUTPUT = REPO / "docs" / "benchmarks.md"
+PRESET = REPO / "assistant" / "presets" / "embedded.json"
+MATRIX_FILE = "matrix.json"
+COMMAND = ".venv/bin/python -m eval.benchmarks_doc"
+
+COLUMNS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"),
+           ("image_f1_max", "F1-max"), ("judgement_accuracy", "verdict"))
+MATRIX_COLUMNS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"),
+                  ("judgement_accuracy", "verdict"))
+PRESET_SECTIONS = ("encoder", "memory_bank", "anomaly_map", "threshold")
+DEFAULT_CHECKPOINT = "checkpoints/embedded"
+
+ZERO_SHOT_NOTE = "`anomaly_map.score_border` and the texture terms only apply to scores against references."
+HELD_OUT_TEXTILE_NOTE = (
+    "`/tmp/textile_val` is `conformal-clip-data` in the MVTec layout, made of symlinks: train/good = nominal "
+    "images 200-999, test/good = nominal 100-199, test/global = global 100-199, test/local = local 100-199. "
+    "None of its test images is in the `textile` test set; no constant was chosen on them "
+    "(its normal test images are among those the shipped checkpoint was trained on).")
+
+# The runs of the shipped engine and preset: (file in docs/eval, set, setting, note or "").
+CURRENT = (
+    ("tire_0shot_multiscale_text.json", "tire", "no reference (zero-shot)", ZERO_SHOT_NOTE),
+    ("tire_1shot_score_border.json", "tire", "1 reference", ""),
+    ("magnetic_tile_0shot_multiscale_text.json", "magnetic tile", "no reference (zero-shot)", ZERO_SHOT_NOTE),
+    ("magnetic_tile_1shot_score_border.json", "magnetic tile", "1 reference", ""),
+    ("magnetic_tile_1shot_bank_only_score_border.json", "magnetic tile",
+     "1 reference, memory bank alone (no text map)", "The same engine without its trained text map: what the text map adds."),
+    ("magnetic_tile_4shot_score_border.json", "magnetic tile", "4 references", ""),
+    ("textile_0shot_multiscale_text.json", "textile", "no reference (zero-shot)", ZERO_SHOT_NOTE),
+    ("textile_1shot_score_border.json", "textile", "1 reference", ""),
+    ("textile_validation_1shot_score_border.json", "textile, held-out split", "1 reference", HELD_OUT_TEXTILE_NOTE),
+)
+
+# What each other run in docs/eval varied, as its difference from the shipped engine. "448 px text map":
+# the text map read only the 448 px encoding (shipped: the mean of 448 px and ~256 px). "No score
+# border": map peaks read up to the view's edges (shipped: 3 cells in). "Unscaled texture map": the
+# texture map's excess not multiplied by the text map's factor.
+VARIANTS = {
+    "magnetic_tile_0shot_self_map_only": "self map alone (no text map)",
+    "magnetic_tile_0shot_text_map_only_trained": "trained text map alone, 448 px text map",
+    "magnetic_tile_0shot_text_map_only_trained_multiscale": "trained text map alone (`zero_shot_self_radius` 0)",
+    "magnetic_tile_0shot_text_map_only_untrained": "random adapters, text map alone, 448 px text map",
+    "magnetic_tile_0shot_text_map_only_untrained_multiscale": "random adapters, text map alone",
+    "magnetic_tile_0shot_trained": "448 px text map",
+    "magnetic_tile_0shot_untrained": "self map with random adapters, 448 px text map",
+    "magnetic_tile_1shot_bank_only": "memory bank alone; no texture map, no score border",
+    "magnetic_tile_1shot_bank_only_texture_map": "memory bank alone; no score border",
+    "magnetic_tile_1shot_bank_only_texture_map_split": "memory bank alone; no score border; per defect",
+    "magnetic_tile_1shot_fused": "448 px text map, no texture map, no score border",
+    "magnetic_tile_1shot_fused_bf16": "bfloat16 similarities; no one-reference texture term, no texture map, "
+                                      "448 px text map, no score border",
+    "magnetic_tile_1shot_multiscale_text": "unscaled texture map, no score border",
+    "magnetic_tile_1shot_texture_map": "448 px text map, unscaled texture map, no score border",
+    "magnetic_tile_1shot_texture_scaled": "no score border",
+    "magnetic_tile_4shot_fused": "448 px text map, no texture map, no score border",
+    "magnetic_tile_4shot_texture_map": "448 px text map, unscaled texture map, no score border",
+    "magnetic_tile_4shot_texture_scaled": "no score border",
+    "textile_0shot_self_map_only": "self map alone (no text map)",
+    "textile_0shot_text_map_only_trained": "trained text map alone, 448 px text map",
+    "textile_0shot_trained": "448 px text map",
+    "textile_0shot_untrained": "self map with random adapters, 448 px text map",
+    "textile_1shot_fused": "448 px text map, no texture map, no score border",
+    "textile_1shot_fused_bf16": "bfloat16 similarities; no one-reference texture term, no texture map, 448 px text map, "
+                                "no score border",
+    "textile_1shot_multiscale_text": "no score border",
+    "textile_1shot_no_texture_term": "no one-reference texture term, no texture map, 448 px text map, no score border",
+    "textile_2shot_fused": "448 px text map, no texture map, no score border",
+    "textile_4shot_fused": "448 px text map, no texture map, no score border",
+    "textile_validation_1shot_fused": "held-out textile split; 448 px text map, no texture map, no score border",
+    "textile_validation_1shot_no_texture_term": "held-out textile split; no one-reference texture term, "
+                                                "no texture map, 448 px text map, no score border",
+    "tire_0shot_self_map_only": "self map alone (no text map)",
+    "tire_0shot_text_map_only_trained": "trained text map alone, 448 px text map",
+    "tire_0shot_text_map_only_trained_multiscale": "trained text map alone (`zero_shot_self_radius` 0)",
+    "tire_0shot_text_map_only_untrained": "random adapters, text map alone, 448 px text map",
+    "tire_0shot_text_map_only_untrained_multiscale": "random adapters, text map alone",
+    "tire_0shot_trained": "448 px text map",
+    "tire_0shot_untrained": "self map with random adapters, 448 px text map",
+    "tire_16shot_fused": "448 px text map",
+    "tire_16shot_random_cover": "448 px text map; final bank covered at random (`memory_bank.cover` random)",
+    "tire_1shot_bank_only": "memory bank alone (no text map)",
+    "tire_1shot_fused": "448 px text map, float32 similarities",
+    "tire_1shot_fused_bf16": "448 px text map, bfloat16 similarities",
+    "tire_1shot_multiscale_text": "no score border (tire's scores are the same with it)",
+    "tire_4shot_fused": "448 px text map",
+}
+
+
+# -- reading ----------------------------------------------------------------------------------------
+def load_runs(eval_dir: Path = EVAL_DIR) -> dict[str, dict]:
+    """Every JSON file in `eval_dir` by file name; files that are not JSON objects are skipped."""
+    runs = {}
+    for path in sorted(eval_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            runs[path.name] = data
+    return runs
+
+
+def is_eval_run(data: dict) -> bool:
+    return isinstance(data.get("config"), dict) and isinstance(data.get("results"), dict)
+
+
+def is_matrix(data: dict) -> bool:
+    return isinstance(data.get("config"), dict) and isinstance(data.get("rows"), list)
+
+
+def cell(value) -> str:
+    """A metric as the tables show it: mean ± std in percent, one decimal, or n/a."""
+    if not isinstance(value, dict) or value.get("mean") is None:
+        return "n/a"
+    return f"{value['mean']:.1f} ± {(value.get('std') or 0.0):.1f}"
+
+
+def categories(results: dict) -> list[str]:
+    """The sets of a run, in its order (result keys without a ':defect' part)."""
+    return [key for key in results if ":" not in key]
+
+
+def defect_rows(results: dict, category: str) -> list[tuple[str, dict]]:
+    """("all", whole set) then (defect, that defect's images against the good ones)."""
+    rows = [("all", results[category])]
+    rows += [(key.split(":", 1)[1], value) for key, value in results.items() if key.startswith(category + ":")]
+    return rows
+
+
+def _flat(section, prefix: str) -> dict:
+    out = {}
+    for key, value in (section or {}).items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def preset_differences(config: dict, preset: dict) -> list[str]:
+    """Where a run's recorded preset differs from `preset`, for the sections the run recorded."""
+    out = []
+    for section in PRESET_SECTIONS:
+        if not isinstance(config.get(section), dict):
+            continue  # not recorded by the run
+        ran, now = _flat(config[section], f"{section}."), _flat(preset.get(section), f"{section}.")
+        for key in sorted(set(ran) | set(now)):
+            if ran.get(key) != now.get(key):
+                out.append(f"`{key}` {_value(ran.get(key))} (preset: {_value(now.get(key))})")
+    return out
+
+
+def _value(value) -> str:
+    return "unset" if value is None else json.dumps(value)
+
+
+# -- commands -------------------------------------------------------------------------------------
+def eval_command(name: str, data: dict) -> str:
+    """The command recorded in the run, or the one its config implies."""
+    config = data["config"]
+    if config.get("command"):
+        return str(config["command"])
+    parts = ["anomaly-assistant eval", f"--data {config.get('data', '?')}"]
+    cats = config.get("categories") or []
+    if str(config.get("data")) != "conformal-clip-data":
+        parts += [f"--category {c}" for c in cats]
+    seeds = config.get("seeds")
+    parts += [f"--shots {config.get('shots', '?')}", f"--seeds {len(seeds) if isinstance(seeds, list) else seeds}"]
+    if any(":" in key for key in data["results"]):
+        parts.append("--split-defects")
+    if config.get("split") not in (None, "all"):
+        parts.append(f"--split {config['split']}")
+    if config.get("perturbations"):
+        parts.append(f"--perturb {','.join(config['perturbations'])}")
+    if config.get("logical_proxy"):
+        parts.append("--logical-proxy")
+    if config.get("preset") not in (None, "embedded"):
+        parts.append(f"--preset {config['preset']}")
+    checkpoint = config.get("checkpoint")
+    if checkpoint is not None and not str(checkpoint).endswith(DEFAULT_CHECKPOINT):
+        parts.append(f"--checkpoint {checkpoint}")
+    parts.append(f"--output docs/eval/{name}")
+    return " ".join(parts)
+
+
+def matrix_command(name: str, config: dict) -> str:
+    if config.get("command"):
+        return str(config["command"])
+    parts = ["anomaly-assistant matrix"]
+    sources = [str(s) for s in config.get("sources") or []]
+    default = len(sources) == 2 and sources[0].endswith("shared/datasets") and sources[1] == "conformal-clip-data"
+    if sources and not default:
+        parts += [f"--data {s}" for s in sources]
+    if config.get("shots"):
+        parts.append(f"--shots {','.join(str(k) for k in config['shots'])}")
+    for key, flag in (("seeds", "--seeds"), ("many_shot_seeds", "--many-shot-seeds")):
+        if config.get(key) is not None:
+            parts.append(f"{flag} {config[key]}")
+    if config.get("conditions"):
+        parts.append(f"--conditions {','.join(config['conditions'])}")
+    parts.append(f"--split {config.get('split', 'holdout')}")
+    if config.get("preset") not in (None, "embedded"):
+        parts.append(f"--preset {config['preset']}")
+    parts.append(f"--output docs/eval/{name}")
+    return " ".join(parts)
+
+
+def machine(config: dict) -> str:
+    threads = config.get("torch_threads")
+    where = config.get("machine") or "not recorded"
+    return f"{where}; torch threads: {threads}" if threads is not None else where
+
+
+def seeds_text(config: dict) -> str:
+    seeds = config.get("seeds")
+    if isinstance(seeds, list):
+        return f"{len(seeds)} ({', '.join(str(s) for s in seeds)})" if len(seeds) <= 5 else str(len(seeds))
+    return str(seeds)
+
+
+# -- writing --------------------------------------------------------------------------------------
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _columns(entries: list[dict], columns=COLUMNS) -> list[tuple[str, str]]:
+    """The metric columns any entry reports (a run made before a metric existed lacks its key)."""
+    return [(key, title) for key, title in columns if any(key in entry for entry in entries)]
+
+
+def run_section(name: str, data: dict, title: str, note: str, preset: dict) -> list[str]:
+    config, results = data["config"], data["results"]
+    lines = []
+    for category in categories(results):
+        rows = defect_rows(results, category)
+        columns = _columns([entry for _, entry in rows])
+        lines += [f"### {title}", "",
+                  f"- command: `{eval_command(name, data)}`",
+                  f"- run: `docs/eval/{name}`, set `{category}`, seeds {seeds_text(config)}, "
+                  f"test images `{config.get('split') or 'all'}`, text map "
+                  f"{'trained' if config.get('text_map_trained') else 'none'}",
+                  f"- machine: {machine(config)}"]
+        differences = preset_differences(config, preset)
+        if differences:
+            lines.append("- recorded preset differs from `assistant/presets/embedded.json`: " + "; ".join(differences))
+        if note:
+            lines.append(f"- {note}")
+        lines += [""] + _table(["images", "n", *[t for _, t in columns]],
+                               [[label, str(entry.get("n_test", "?")), *[cell(entry.get(k)) for k, _ in columns]]
+                                for label, entry in rows]) + [""]
+    return lines
+
+
+def summary(runs: dict[str, dict]) -> list[str]:
+    rows = []
+    for name, set_name, setting, _ in CURRENT:
+        data = runs.get(name)
+        if not data or not is_eval_run(data):
+            continue
+        for category in categories(data["results"]):
+            entry = data["results"][category]
+            seeds = data["config"].get("seeds")
+            rows.append([set_name, setting, *[cell(entry.get(k)) for k, _ in COLUMNS[:4]],
+                         str(len(seeds) if isinstance(seeds, list) else seeds), str(entry.get("n_test", "?"))])
+    return _table(["set", "references", "image AUROC", "pixel AUROC", "AUPRO", "F1-max", "seeds", "n"], rows)
+
+
+def matrix_section(name: str, data: dict) -> list[str]:
+    config = data["config"]
+    lines = ["## Benchmark matrix", "",
+             f"- command: `{matrix_command(name, config)}`",
+             f"- run: `docs/eval/{name}`, test images `{config.get('split', '?')}`, preset `{config.get('preset', '?')}`, "
+             f"text map {'trained' if config.get('text_map_trained') else 'none'}, "
+             f"{config.get('seeds', '?')} seeds below 16 references and {config.get('many_shot_seeds', '?')} from 16",
+             f"- machine: {machine(config)}", ""]
+    by_set: dict[str, list[dict]] = {}
+    for row in data["rows"]:
+        by_set.setdefault(str(row.get("set")), []).append(row)
+    for set_name, rows in by_set.items():
+        columns = _columns(rows, MATRIX_COLUMNS)
+        family = rows[0].get("family") or "-"
+        lines += [f"### {set_name} (family: {family})", ""]
+        lines += _table(["condition", "references", "seeds", "n", *[t for _, t in columns]],
+                        [[str(r.get("condition")), str(r.get("shots")), str(r.get("seeds")), str(r.get("n_test", "?")),
+                          *[cell(r.get(k)) for k, _ in columns]] for r in rows]) + [""]
+    return lines
+
+
+def variants_section(runs: dict[str, dict]) -> list[str]:
+    current = {name for name, *_ in CURRENT}
+    rows = []
+    for name, data in runs.items():
+        if name in current or not is_eval_run(data):
+            continue
+        config, results = data["config"], data["results"]
+        for category in categories(results):
+            entry = results[category]
+            rows.append([f"`{name}`", category, str(config.get("shots", "?")), seeds_text(config).split(" ")[0],
+                         " / ".join(cell(entry.get(k)).split(" ")[0] for k in ("image_auroc", "pixel_auroc", "aupro")),
+                         VARIANTS.get(name[:-5], "not described")])
+    if not rows:
+        return []
+    return (["## Other runs", "",
+             "Variants and ablations that `docs/method.md` cites, each measured with the engine and preset it "
+             "records, which differ from the shipped ones as the last column says. They are evidence for "
+             "design choices, not current figures.", ""]
+            + _table(["run", "set", "references", "seeds", "image / pixel / AUPRO", "differs from the shipped engine"], rows)
+            + [""])
+
+
+HEADER = f"""# Benchmarks
+
+<!-- Generated from docs/eval/*.json by `{COMMAND}`. Do not edit by hand: rerun it. -->
+
+Figures of the shipped engine (preset `embedded`: EfficientNet-Lite2 and the trained text map in
+`checkpoints/embedded`) on the evaluation sets: one table per set and number of references, each
+with the command that reproduces it and the machine it ran on.
+
+This file is generated from the JSON files the eval writes (`docs/eval/*.json`):
+
+```bash
+{COMMAND}           # rewrite docs/benchmarks.md
+{COMMAND} --check   # exit 1 when it differs from the runs
+```
+
+`tests/test_benchmarks_doc.py` runs the check and compares every figure with its JSON file. After
+rerunning an eval command, rerun the generator and commit both.
+
+- **image AUROC**: defective vs good images ranked by the image score; **pixel AUROC** and **AUPRO**
+  (false-positive rate up to 30 %): the map against the ground-truth masks, with the longest side
+  scaled to 256 px; **F1-max**: the best F1 over score thresholds; **verdict**: balanced accuracy
+  of the yes/no the assistant states (score above the engine's label-free threshold), in runs that
+  record it. All in percent, mean ± std over seeds (the std of one seed is 0).
+- Rows per defect type score that type's images against all good test images.
+- Sets: `tire` (MVTec 3D-AD RGB images, an object on a plain background), `magnetic_tile` (a ground
+  surface filling the frame), `textile` (`conformal-clip-data`, simulated fabric with image labels
+  only, so no pixel metrics). The first two are read from `../shared/datasets` and never copied
+  into the repository. How sets, splits and seeds are used: `docs/protocol.md`.
+- A table is as current as its run: a change to the engine, the preset or the checkpoint that can
+  move a figure needs its command rerun. The machine's speed changes no figure here; latency is
+  measured by `anomaly-assistant bench` (`docs/usage.md`).
+"""
+
+
+def render(runs: dict[str, dict], preset: dict) -> str:
+    lines = [HEADER, "## Summary", "", "All test images of each set; the sections below give each run's command and "
+             "the figures per defect type.", ""]
+    lines += summary(runs) + [""]
+    missing = [name for name, *_ in CURRENT if name not in runs or not is_eval_run(runs[name])]
+    if missing:
+        lines += ["Runs named by `eval/benchmarks_doc.py` but missing from `docs/eval`: "
+                  + ", ".join(f"`{m}`" for m in missing), ""]
+    lines += ["## Runs of the shipped engine", ""]
+    for name, set_name, setting, note in CURRENT:
+        if name in runs and is_eval_run(runs[name]):
+            lines += run_section(name, runs[name], f"{set_name} · {setting}", note, preset)
+    if MATRIX_FILE in runs and is_matrix(runs[MATRIX_FILE]):
+        lines += matrix_section(MATRIX_FILE, runs[MATRIX_FILE])
+    lines += variants_section(runs)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def generate(eval_dir: Path = EVAL_DIR, preset_path: Path = PRESET) -> str:
+    return render(load_runs(eval_dir), json.loads(preset_path.read_text(encoding="utf-8")))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write docs/benchmarks.md from docs/eval/*.json.")
+    parser.add_argument("--check", action="store_true", help="exit 1 when the file differs from what the runs give")
+    parser.add_argument("--output", type=Path, default=OUTPUT, help="where to write (default: docs/benchmarks.md)")
+    parser.add_argument("--eval-dir", type=Path, default=EVAL_DIR, help="the runs (default: docs/eval)")
+    args = parser.parse_args(argv)
+    text = generate(args.eval_dir)
+    if args.check:
+        current = args.output.read_text(encoding="utf-8") if args.output.is_file() else ""
+        if current != text:
+            print(f"{args.output} is stale: run `{COMMAND}`", file=sys.stderr)
+            return 1
+        return 0
+    args.output.write_text(text, encoding="utf-8")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
