@@ -5,9 +5,11 @@ import pytest
 
 from assistant.intents import IntentClassifier
 
-# Questions as users type them, most of them not among the examples: the design
-# card's own "Is there any anomaly?" was answered as a "where" question until the eleventh session,
-# and "Where is Paris?" got an inspection answer and "Is there a blowhole?" an off-topic one until the twelfth.
+# Questions as users type them, most of them not among the examples. Some guard routings that need
+# particular examples in prompts/intents.json: without enough judgement examples "Is there any
+# anomaly?" goes to "where" (nearest: "Where is the anomaly?"), without the off-topic examples
+# "Where is Paris?" gets an inspection answer, and without the judgement examples that name a kind
+# of defect "Is there a blowhole?" falls below min_similarity and is answered as off-topic.
 QUESTIONS = {
     "judgement": ["Is there any anomaly?", "is there any anomaly", "Is this tile OK?", "Is it defective?",
                   "Is this image anomalous?", "Do you see any defect?", "Is the part good?", "Any anomalies?",
