@@ -40,6 +40,7 @@ DEFAULT_TOKENS = 60
 EXAMPLE_QUESTION = "Is there any anomaly in the image?"
 OVERLAY_TMP = Path(tempfile.gettempdir()) / "anomaly-assistant-app"
 OVERLAY_MAX_AGE_S = 3600
+SHOWN_SIDE = 2048
 
 CSS = """
 #title h1 { margin-bottom: 0; }
@@ -201,6 +202,26 @@ def _problem(exc: Exception) -> str:
     return f"internal error: {one_line(exc)}"
 
 
+def shown_size(image):
+    """The overlay as the page shows it: at most SHOWN_SIDE pixels a side (a 12-megapixel PNG would
+    take seconds to send and is shrunk by the browser anyway); the download keeps every pixel."""
+    if image is None or max(image.size) <= SHOWN_SIDE:
+        return image
+    shown = image.copy()
+    shown.thumbnail((SHOWN_SIDE, SHOWN_SIDE))
+    return shown
+
+
+def zoom_crops(result) -> list:
+    """The regions of an anomalous answer cut from the image at its own resolution (the gallery beside
+    the overlay, which a large image only shows shrunk)."""
+    if result.detection is None or result.image is None or not result.detection.regions:
+        return []
+    from .visualize import region_crops
+
+    return region_crops(result.image, result.detection)
+
+
 def verdict_html(detection, seconds: float | None = None) -> str:
     if detection is None:
         return EMPTY_VERDICT
@@ -269,6 +290,7 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
                          mm_per_pixel)
             heatmap = result.heatmap
             overlay = _save_overlay(heatmap, image) if heatmap is not None else None
+            heatmap = shown_size(heatmap)
         except Exception as exc:  # noqa: BLE001 - one line for the user, the server keeps serving
             problem = _problem(exc)
             try:
@@ -279,13 +301,13 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
             shown = shown + [{"role": "user", "content": asked},
                              {"role": "assistant", "content": f"⚠ Could not answer: {problem}"}]
             box = f"<div class='verdict none' id='verdict-problem'>Could not answer: {html.escape(problem)}</div>"
-            return (shown, gr.skip(), None, box, gr.DownloadButton(value=None, interactive=False), gr.skip())
+            return (shown, gr.skip(), None, box, gr.DownloadButton(value=None, interactive=False), gr.skip(), [])
         download = (gr.DownloadButton("⬇ Download overlay PNG", value=overlay, interactive=True)
                     if overlay is not None else gr.DownloadButton(value=None, interactive=False))
         log.info("answered in %.1f s (%s)", time.time() - started,
                  "no image" if result.detection is None else f"score {result.detection.score:.4f}")
         return (result.history, result.history, heatmap, verdict_html(result.detection, time.time() - started),
-                download, "")
+                download, "", zoom_crops(result))
 
     @guarded
     def ask(image, message, references, history, class_name, threshold, max_new_tokens, mm_per_pixel=0):
@@ -305,7 +327,7 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
 
     def clear():
         return (None, None, [], [], None, EMPTY_VERDICT,
-                gr.DownloadButton("⬇ Download overlay PNG", value=None, interactive=False), "")
+                gr.DownloadButton("⬇ Download overlay PNG", value=None, interactive=False), "", [], None)
 
     with gr.Blocks(title="Anomaly Assistant", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(INTRO, elem_id="title")
@@ -350,6 +372,9 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
                 heatmap = gr.Image(label="Anomaly heatmap (regions boxed)", type="pil", format="png",
                                    interactive=False, height=330, elem_id="heatmap", buttons=["fullscreen"])
                 download = gr.DownloadButton("⬇ Download overlay PNG", value=None, interactive=False, elem_id="download")
+                zoom = gr.Gallery(label="Regions at full resolution (click one to enlarge)", columns=3, height=210,
+                                  object_fit="contain", format="png", interactive=False, elem_id="region-zoom")
+        crops = gr.State([])  # the gallery's images; a State keeps them out of the /chat API's outputs
         if examples:
             gr.Examples(examples, inputs=[image, references, message, class_name],
                         label="Examples (MIT simulated textile set)", example_labels=[
@@ -372,9 +397,10 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
 
         gr.on([send.click, message.submit], chat,
               inputs=[image, message, references, history, class_name, threshold, preset, shots, max_tokens, scale],
-              outputs=[chatbot, history, heatmap, verdict, download, message], api_name="chat")
-        clear_btn.click(clear, outputs=[image, references, chatbot, history, heatmap, verdict, download, message],
-                        api_visibility="private")
+              outputs=[chatbot, history, heatmap, verdict, download, message, crops], api_name="chat").then(
+            lambda shown: shown or None, inputs=crops, outputs=zoom, api_visibility="private")
+        clear_btn.click(clear, outputs=[image, references, chatbot, history, heatmap, verdict, download, message, crops,
+                                        zoom], api_visibility="private")
         preset.change(select_preset, inputs=preset, outputs=[preset, preset_status], api_visibility="private")
         api_button.click(ask, inputs=[api_image, api_message, api_refs, api_history, api_class, api_threshold, api_tokens,
                                       api_scale],

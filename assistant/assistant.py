@@ -160,6 +160,23 @@ class Assistant:
             self._detections[key] = self.engine.detect(image, references or None, class_name, threshold)
         return self._detections[key]
 
+    def detect_many(self, images: list[Image.Image], references: list[Image.Image], class_name: str,
+                    threshold: float | None) -> list[Detection]:
+        """`detect` for several images at once (`batch.detect_batch`: views of one input size share a
+        forward pass), cached the same way, so the answers asked about them next reuse them."""
+        from .batch import detect_batch
+
+        class_name = (class_name or "object").strip() or "object"  # as `chat` reads it, so its cache lookup finds these
+        references = list(references or [])
+        with self._lock:
+            detections = detect_batch(self.engine, images, references or None, class_name, threshold)
+            for image, detection in zip(images, detections):
+                key = _key(image, references, class_name, threshold)
+                if key not in self._detections and len(self._detections) >= 32:
+                    self._detections.pop(next(iter(self._detections)))
+                self._detections[key] = detection
+        return detections
+
     def llm_text(self, image, detection: Detection, history, question: Question, intent: str,
                  max_new_tokens: int) -> str:
         """What the language model writes after the grounded lead sentence, unchecked (the answer keeps

@@ -60,9 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="JSON path; the Markdown table goes beside it (.md)")
     add_model_args(matrix)
 
-    bench = sub.add_parser("bench", help="latency benchmark of features, maps and bank size")
-    bench.add_argument("--data", default=None, help="folder of images to benchmark on (default: synthetic textures)")
+    bench = sub.add_parser("bench", help="latency per stage for 1, 4, 64 references and each encoder backend, beside anomalib's PatchCore")
+    bench.add_argument("--data", default=None, help="folder of images to benchmark on; an MVTec-layout folder gives queries "
+                                                   "from test/ and references from train/good/ (default: synthetic textures)")
     bench.add_argument("--image-size", type=int, default=None)
+    bench.add_argument("--shots", default="1,4,64", help="comma-separated numbers of references (default 1,4,64)")
+    bench.add_argument("--backends", default="torch,onnx,onnx-int8", help="encoder backends to time (default: all three)")
+    bench.add_argument("--repeats", type=int, default=3, help="timed passes over the query images (default 3)")
+    bench.add_argument("--queries", type=int, default=8, help="query images (default 8)")
+    bench.add_argument("--no-anomalib", action="store_true", help="skip anomalib's PatchCore (skipped anyway when not installed)")
+    bench.add_argument("--json", type=Path, default=None, metavar="OUT",
+                       help='write the figures as JSON ("detect_ms": decode to regions, first --shots; "anomalib_patchcore_ms")')
     bench.add_argument("--answer", metavar="IMAGE", default=None, help="instead: time full answers (map + LLM) for IMAGE")
     bench.add_argument("--reference", default=None, help="with --answer: a normal reference image")
     add_model_args(bench)
@@ -98,20 +106,37 @@ def _run_bench(args) -> int:
     if args.answer:
         answer_latency(args.preset, args.checkpoint, args.answer, args.reference)
         return 0
+    from assistant.encoders.base import BACKENDS
+
+    shots = _shot_list(args.shots)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if not backends or unknown:
+        raise UserError(f"--backends takes {', '.join(BACKENDS)}; got {args.backends!r}")
+    if args.repeats < 1 or args.queries < 1:
+        raise UserError(f"--repeats and --queries must be at least 1, got {args.repeats} and {args.queries}")
+    if args.data and not Path(args.data).is_dir():
+        raise UserError(f"--data {args.data}: folder not found")
     overrides = {"encoder": {"image_size": args.image_size}} if args.image_size else None
-    run_benchmark(args.preset, args.checkpoint, args.data, overrides)
+    run_benchmark(args.preset, args.checkpoint, args.data, overrides, args.repeats, shots, backends,
+                  anomalib=not args.no_anomalib, json_path=args.json, queries=args.queries)
     return 0
+
+
+def _shot_list(text: str) -> list[int]:
+    try:
+        shots = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise UserError(f"--shots must be comma-separated whole numbers, got {text!r}") from None
+    if not shots or min(shots) < 1:
+        raise UserError("--shots needs at least one number of references, each 1 or more")
+    return shots
 
 
 def _run_matrix(args) -> int:
     from eval.matrix import run_matrix
 
-    try:
-        shots = [int(k) for k in args.shots.split(",") if k.strip()]
-    except ValueError:
-        raise UserError(f"--shots must be comma-separated whole numbers, got {args.shots!r}") from None
-    if not shots or min(shots) < 1:
-        raise UserError("--shots needs at least one number of references, each 1 or more")
+    shots = _shot_list(args.shots)
     sources = args.data or [str(Path(__file__).resolve().parents[2] / "shared" / "datasets"), "conformal-clip-data"]
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
     report = run_matrix(sources, shots, args.seeds, args.many_shot_seeds, conditions, args.split, args.output,

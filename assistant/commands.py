@@ -80,6 +80,9 @@ def run_ask(args) -> int:
 
 
 # -- inspect ------------------------------------------------------------------------------------------
+INSPECT_BATCH = 4
+
+
 def register_inspect(sub) -> None:
     parser = sub.add_parser("inspect", help="score every image in a folder; write report.csv and report.html",
                             description="Inspect every image under FOLDER (recursive) and write a CSV and an HTML report.")
@@ -90,6 +93,15 @@ def register_inspect(sub) -> None:
     parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: calibrated)")
     parser.add_argument("--out", required=True, type=Path, help="output folder for report.csv, report.html and overlays")
     parser.add_argument("--max-new-tokens", type=int, default=40, help="LLM answer length limit (default: 40)")
+    parser.add_argument("--batch", type=int, default=INSPECT_BATCH, metavar="N",
+                        help=f"images per engine call; views of one input size share a forward pass (default: {INSPECT_BATCH})")
+    parser.add_argument("--cluster", choices=["dask"], default=None,
+                        help="run on a Dask cluster: each worker loads the models once and reads its share of the images "
+                             "(needs the 'cluster' extra; docs/deployment.md)")
+    parser.add_argument("--address", default=None, metavar="ADDR",
+                        help="with --cluster: the scheduler, e.g. tcp://10.0.0.5:8786 (default: start a local cluster)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="with --cluster and no --address: local worker processes, one thread each (default: 2)")
     add_defects_arg(parser)
     add_model_args(parser)
     parser.set_defaults(handler=_run_inspect)

@@ -16,8 +16,8 @@ four feature blocks (`describe`):
 A region's distance to a kind is its distance to that kind's nearest example (`KindMatcher`).
 Confidence is a softmax over the kinds' distances whose temperature is fitted by leave-one-out on
 the examples; the open-set threshold ("none of the kinds you gave me") comes from the examples
-too: a multiple of the examples' median leave-one-out distance to their own kind. How each constant was
-chosen, on which images, and what it measures: docs/RESULTS.md, "Defect kinds from labelled
+too: a quantile of the examples' leave-one-out distances to their own kind. How each constant was
+chosen, on which images, and what it measures: docs/method.md, "Defect kinds from labelled
 examples".
 
 Pure logic on top of the engine's public API (`prepare`, `encode`, `detect`).
@@ -39,7 +39,7 @@ from .result import Detection
 MASK_FOLDER = "masks"
 MASK_SUFFIX = "_mask"
 # Every constant below was chosen on the dev half of the tire and magnetic tile anomalous test images
-# (path hash), with ground-truth regions unless said otherwise; docs/RESULTS.md has the tables.
+# (path hash), with ground-truth regions unless said otherwise (docs/method.md, "Defect kinds from labelled examples").
 BLOCKS = ("crop_level2", "crop_level3", "view_level2", "shape")
 CROP_MARGIN = 0.25  # crop margin per side, in region sides (0.5: open set worse on tire, 3 examples)
 CROP_MIN_SIDE = 16  # px: a smaller crop would hold no surroundings at all
@@ -47,7 +47,7 @@ CORE_FRACTION = 0.85  # engine regions: 0.7 / 0.92 / 0.97 matched worse (3 examp
 STD_FLOOR = 0.1  # a shape feature's spread over the examples is floored at this x the median spread
 TEMPERATURES = np.geomspace(0.01, 3.0, 49)
 ONE_SHOT_TEMPERATURE = 0.15  # one example per kind, nothing to leave out: calibration error 3 / 8 % (0.1: 11 / 4, 0.2: 7 / 17)
-OPEN_SET_FACTOR = 1.2  # x the median held-out own-kind distance: the largest smallest margin over the open-set targets
+OPEN_SET_QUANTILE = 0.8  # dev, 50 seeds: the largest smallest margin over the four open-set targets
 
 
 class DefectKindError(ValueError):
@@ -322,14 +322,14 @@ class KindMatcher:
         return self._fits[blocks]
 
     def _threshold(self, held_out: np.ndarray, kind_distances: np.ndarray) -> float:
-        """OPEN_SET_FACTOR x the median of the examples' distances to the nearest other example of
-        their own kind; with one example per kind (no kind's own spread to see), of the distances to
-        the nearest other example of any kind."""
+        """OPEN_SET_QUANTILE of the examples' distances to the nearest other example of their own
+        kind; with one example per kind (no kind's own spread to see), of the distances to the
+        nearest other example of any kind."""
         own = kind_distances[np.arange(len(self.labels)), [self.kinds.index(label) for label in self.labels]]
         if not np.isfinite(own).any():
             own = held_out.min(axis=1)
         own = own[np.isfinite(own)]
-        return float(OPEN_SET_FACTOR * np.median(own)) if own.size else float("inf")
+        return float(np.quantile(own, OPEN_SET_QUANTILE)) if own.size else float("inf")
 
     def _temperature(self, kind_distances: np.ndarray) -> float:
         """The softmax temperature that best predicts each example's kind from the other examples."""

@@ -17,19 +17,15 @@ from PIL import Image
 from . import checkpoint
 from .config import load_preset, resolve_path
 from .encoders import EncodedImages, create_encoder
-from .maps.anomaly_map import find_regions, interior_peaks, merge_levels, smooth, to_image_size, whole_image_region
+from .maps.anomaly_map import find_regions, interior_peaks, merge_levels, place_map, smooth, whole_image_region
 from .foreground import foreground_box
 from .maps.global_stats import GlobalStats
 from .maps.memory_bank import MemoryBank, augment
 from .maps.text_map import TextMap
 from .maps.texture_map import TextureBank
-from .result import Detection, Region
+from .result import Detection, EngineError, Region
 
 log = logging.getLogger(__name__)
-
-
-class EngineError(ValueError):
-    """A one-line problem the user can act on (e.g. nothing to compare against)."""
 
 
 @dataclass
@@ -40,7 +36,8 @@ class ReferenceSet:
     stats: GlobalStats | None
     relative: bool  # maps in units of their own mean level (objects on a plain background)
     n_images: int
-    peak_unit: float = 1.0  # highest raw map peak of a held-out normal view
+    peak_unit: float = 1.0  # highest raw (relative sets: relative) map peak of a held-out normal view
+    absolute_unit: float = 0.0  # relative_mix "both": highest absolute map peak of a held-out view
     global_unit: float = 1.0  # texture-statistics unit: largest held-out normal shift (one reference: its tile spread)
     texture_normal: float = 1.0  # shift, in global units, up to which texture counts as normal
     normal_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # held-out map peaks / peak_unit
@@ -103,7 +100,7 @@ class AnomalyEngine:
 
         A trained text map with `text_map.extra_image_size` also reads a second, coarser encoding:
         at the bank's resolution alone its per-patch verdict fires on every sharp edge of a regular
-        pattern (tire tread) as readily as on a cut (docs/RESULTS.md, eighth session)."""
+        pattern (tire tread) as readily as on a cut (docs/method.md, "Text map")."""
         encoded = self.encoder.encode_images(images)
         extra_size = self._extra_view_size()
         if extra_size:
@@ -170,7 +167,7 @@ class AnomalyEngine:
         """Zero-shot map from the image alone: each patch against its own image's patches more than
         `anomaly_map.zero_shot_self_radius` cells away, or None where the preset does not ask for it
         (the CLIP presets rely on their trained text map, as AnomalyGPT does). Repeated structure
-        (tread, weave) vouches for itself; a defect does not (docs/RESULTS.md: tire zero-shot image
+        (tread, weave) vouches for itself; a defect does not (docs/method.md, "Zero-shot": tire zero-shot image
         AUROC 59.4 with the text map alone, 82.3 fused with this map)."""
         radius = int(self.map_cfg.get("zero_shot_self_radius", 0))
         if radius <= 0:
@@ -205,7 +202,7 @@ class AnomalyEngine:
         highest peak a held-out normal view reached), and the score is the map's peak away from
         its edges (`peaks`) plus `texture.weight` x the part of the texture-statistics shift above
         its normal level: added, not a max, so a surface whose tone varies between normal parts
-        more than the references show still ranks by its map (docs/RESULTS.md: 4 references,
+        more than the references show still ranks by its map (docs/method.md, "Texture statistics": 4 references,
         magnetic tile 67.0 -> 71.7, textile local 82.9 -> 92.0, global 100 -> 99.8). Surface maps
         also carry the texture map (`with_texture_map`); scores never do.
         """
@@ -213,7 +210,7 @@ class AnomalyEngine:
             text_maps = self.text_maps(encoded, class_name)
         if references is None:
             return self._zero_shot(encoded, text_maps)
-        maps = self.raw_maps(encoded, references, text_maps) / references.peak_unit
+        maps = self.calibrated(self.raw_maps(encoded, references, text_maps), references)
         peaks = self.peaks(maps)
         maps = self.with_texture_map(maps, encoded, references, text_maps)
         if references.stats is None:
@@ -227,8 +224,8 @@ class AnomalyEngine:
         away from the view's edges. The outer cells fire on normal parts: photos cropped at a part's
         bevel or rim differ most there (on magnetic tiles, 65-75 % of good tiles' map peaks lie within
         2 cells of an edge; reflect padding instead of the CNN's zero padding did not change that). A
-        defect there still shows in the map, and one reaching inward still scores (docs/RESULTS.md,
-        tenth session: magnetic tile 73.2 -> 76.2, textile +2)."""
+        defect there still shows in the map, and one reaching inward still scores (docs/method.md,
+        "Score border": magnetic tile 1-shot image AUROC 73.2 with no border, 76.2 with 3; textile +2)."""
         return interior_peaks(maps, int(self.map_cfg.get("score_border", 0)))
 
     def _zero_shot(self, encoded: EncodedImages, text_maps: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
@@ -249,7 +246,7 @@ class AnomalyEngine:
         """Surfaces: the texture map's excess over the references' own spread added to the map, which
         says where to look, but not to the score: it finds zones finished differently (magnetic tile
         "uneven") yet also fires on normal tiles whose grinding differs from the reference's, which
-        costs image AUROC when it decides (docs/RESULTS.md).
+        costs image AUROC when it decides (docs/method.md, "Texture map").
 
         The text map scales the excess as it scales the bank distance: the map is divided by the
         fused maps' normal peak, so an unscaled excess would weigh less with trained adapters than
@@ -263,15 +260,28 @@ class AnomalyEngine:
         return maps + float(cfg["weight"]) * excess / references.peak_unit
 
     def raw_maps(self, encoded: EncodedImages, references: ReferenceSet, text_maps: torch.Tensor | None) -> np.ndarray:
-        """Fused, smoothed maps before calibration; relative sets divide each by its own mean, so
-        a pose or lighting change that lifts the whole map does not read as a defect."""
-        maps = self.fuse(self.bank_maps(encoded, references.bank), text_maps)
-        if references.relative:
-            quantile = self.map_cfg.get("relative_quantile")
-            level = (maps.mean(axis=(1, 2), keepdims=True) if quantile is None
-                     else np.quantile(maps, float(quantile), axis=(1, 2), keepdims=True))
-            maps = maps / np.maximum(level, 1e-6)
-        return maps
+        """Fused, smoothed maps before calibration."""
+        return self.fuse(self.bank_maps(encoded, references.bank), text_maps)
+
+    def relative_maps(self, maps: np.ndarray) -> np.ndarray:
+        """Maps divided by their own level (mean, or `anomaly_map.relative_quantile`), so a pose or
+        lighting change that lifts the whole map does not read as a defect."""
+        quantile = self.map_cfg.get("relative_quantile")
+        level = (maps.mean(axis=(1, 2), keepdims=True) if quantile is None
+                 else np.quantile(maps, float(quantile), axis=(1, 2), keepdims=True))
+        return maps / np.maximum(level, 1e-6)
+
+    def calibrated(self, maps: np.ndarray, references: ReferenceSet) -> np.ndarray:
+        """Raw maps in threshold units. Relative sets use their relative map, or with
+        `anomaly_map.relative_mix` "both" the larger of the relative and the absolute map, each in
+        the units its own held-out normal views set: a change covering much of the part lifts the
+        mean with the peak, which only the absolute map shows."""
+        if not references.relative:
+            return maps / references.peak_unit
+        relative = self.relative_maps(maps) / references.peak_unit
+        if references.absolute_unit > 0:
+            return np.maximum(relative, maps / references.absolute_unit)
+        return relative
 
     # -- references and threshold -------------------------------------------------------------
     def references(self, images: list[Image.Image], class_name: str = "object", seed: int = 0) -> ReferenceSet:
@@ -285,17 +295,35 @@ class AnomalyEngine:
             self._reference_cache[key] = self._build_references(images, class_name, seed)
         return self._reference_cache[key]
 
-    def _new_bank(self, seed: int, cover: str | None = None) -> MemoryBank:
+    def reference_views(self, n_images: int) -> tuple[list[str], int]:
+        """(view names made of each reference image, pose views per image; 0 = one pooled bank).
+
+        With `memory_bank.pose` each image is also turned by `rotations` evenly spaced angles, as
+        many as `budget` views over all images allow: one reference of a part seen at any angle
+        needs its turned views to be matched at all, while 64 references already show many poses and
+        would make 24 views each unaffordable; at one angle per image the bank is pooled."""
+        cfg = self.bank_cfg
+        pose = cfg.get("pose")
+        if not pose:
+            return list(cfg.get("augmentations") or ["identity"]), int(cfg.get("pose_views", 0))
+        flips = list(pose.get("flips", ["identity", "hflip"]))
+        rotations = min(int(pose.get("rotations", 12)), max(1, int(pose.get("budget", 24)) // (n_images * len(flips))))
+        if rotations == 1:
+            return flips, 0
+        return ([f"{flip}+rot{360.0 * step / rotations:g}" for flip in flips for step in range(rotations)],
+                int(pose.get("views", 1)))
+
+    def _new_bank(self, seed: int, cover: str | None = None, n_images: int = 1) -> MemoryBank:
         cfg = self.bank_cfg
         cover = cover or cfg.get("cover", "greedy")
-        return MemoryBank(cfg["levels"], cfg.get("pool", 1), cfg.get("augmentations"), cfg.get("max_patches", 50_000),
-                          seed, cfg.get("self_radius", 0), cfg.get("precision", "auto"), cover,
-                          int(cfg.get("pose_views", 0)))
+        views, pose_views = self.reference_views(n_images)
+        return MemoryBank(cfg["levels"], cfg.get("pool", 1), views, cfg.get("max_patches", 50_000),
+                          seed, cfg.get("self_radius", 0), cfg.get("precision", "auto"), cover, pose_views)
 
     def _new_stats(self, originals: list[EncodedImages], relative: bool) -> GlobalStats | None:
         """Whole-image texture statistics, for surfaces with at least two references: on a cropped
-        object they move with pose and framing (tire 85.5 -> 66.3 image AUROC when added; see
-        docs/RESULTS.md)."""
+        object they move with pose and framing (tire 85.5 -> 66.3 image AUROC with them; docs/method.md,
+        "Objects and surfaces")."""
         levels = self.map_cfg.get("global_levels", [])
         return GlobalStats(levels).fit([view.levels for view in originals]) if levels and not relative else None
 
@@ -339,7 +367,7 @@ class AnomalyEngine:
 
     @torch.no_grad()
     def _build_references(self, images: list[Image.Image], class_name: str, seed: int) -> ReferenceSet:
-        bank = self._new_bank(seed)
+        bank = self._new_bank(seed, n_images=len(images))
         n_views = len(bank.augmentations)
         if len(images) == 1 and n_views == 1:  # checked before encoding: nothing could be held out
             raise EngineError("one reference image needs a reference augmentation (e.g. hflip) to set a threshold: add one to the preset or give a second reference image")
@@ -352,9 +380,13 @@ class AnomalyEngine:
         stats = self._new_stats(per_view[::n_views], relative) if len(images) >= 2 else None
         full = ReferenceSet(bank, stats, relative, len(images), threshold=self._margin(relative, len(images)),
                             texture=self._new_texture(per_view, per_view[::n_views], relative))
-        peaks, shifts = self._held_out_levels(per_view, len(images), full, class_name, seed)
-        full.peak_unit = float(peaks.max())
-        full.normal_scores = peaks / full.peak_unit
+        held_out_maps, shifts = self._held_out_levels(per_view, len(images), full, class_name, seed)
+        absolute = np.asarray([self.peaks(m)[0] for m in held_out_maps])
+        relative = np.asarray([self.peaks(self.relative_maps(m))[0] for m in held_out_maps]) if full.relative else absolute
+        full.peak_unit = float(relative.max())
+        if full.relative and self.map_cfg.get("relative_mix", "relative") == "both":
+            full.absolute_unit = float(absolute.max())
+        full.normal_scores = np.asarray([self.peaks(self.calibrated(m, full))[0] for m in held_out_maps])
         if len(images) == 1:
             self._one_reference_texture(per_view[0], full)
         elif shifts.size:
@@ -362,31 +394,31 @@ class AnomalyEngine:
         return full
 
     def _held_out_levels(self, per_view: list[EncodedImages], n_images: int, full: ReferenceSet,
-                         class_name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """Raw map peaks and texture shifts of normal views scored against references that did not
+                         class_name: str, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """Raw maps and texture shifts of normal views scored against references that did not
         contain them: with several images, each image of a fold against a bank of the other folds
         (leave-one-out up to `held_out_folds` images, so 64 references cost 5 banks, not 64); with one
         image, each augmented view against the others (the bank's augmentations declare those views
         normal too; for objects they differ about as much as two photos of normal parts do, surfaces
         get a margin). Banks above the patch cap are covered as `memory_bank.held_out_cover` says:
         "random" costs the threshold ~2 % (tire, 16 shots) and saves the k-centre cover that took
-        5/6 of a 16-shot build (docs/RESULTS.md)."""
+        5/6 of a 16-shot build (docs/method.md, "Memory bank")."""
         n_views = len(per_view) // n_images
         held_out_cover = self.bank_cfg.get("held_out_cover", "greedy")
-        peaks, shifts = [], []
+        maps, shifts = [], []
         for held_out_views in self._held_out_folds(n_images, n_views):
             kept = [index for index in range(len(per_view)) if index not in held_out_views]
             others = [per_view[index] for index in kept]
-            bank = self._new_bank(seed, held_out_cover).fit_features([view.levels for view in others],
+            bank = self._new_bank(seed, held_out_cover, n_images).fit_features([view.levels for view in others],
                                                                      [index // n_views for index in kept])
             held_out = replace(full, bank=bank)
             stats = self._new_stats(others[::n_views], full.relative) if full.stats is not None else None
             # the unaugmented view of each held-out image (or the single held-out view)
             for query in (per_view[index] for index in sorted(held_out_views) if n_images == 1 or index % n_views == 0):
-                peaks.append(float(self.peaks(self.raw_maps(query, held_out, self.text_maps(query, class_name)))[0]))
+                maps.append(self.raw_maps(query, held_out, self.text_maps(query, class_name)))
                 if stats is not None:
                     shifts.append(float(stats.distance(query.levels)[0]))
-        return np.asarray(peaks), np.asarray(shifts)
+        return maps, np.asarray(shifts)
 
     def _held_out_folds(self, n_images: int, n_views: int) -> list[set[int]]:
         """View indices held out together: one view at a time for one image, else the views of
@@ -403,6 +435,10 @@ class AnomalyEngine:
     # -- the one call the assistant uses ------------------------------------------------------
     def detect(self, image: Image.Image, references: list[Image.Image] | None = None, class_name: str = "object",
                threshold: float | None = None) -> Detection:
+        from . import tiling  # imports this module
+
+        if tiling.applies(self, image):  # larger than one view, or a strip: scored in tiles
+            return tiling.detect(self, image, references, class_name, threshold)
         view, box = self.prepare(image)
         encoded = self.encode([view])
         reference_set = self.references(references, class_name) if references else None
@@ -432,16 +468,6 @@ def anomalous_regions(full_map: np.ndarray, map_peak: float, threshold: float) -
     if map_peak <= threshold:
         return [whole_image_region(full_map)]
     return find_regions(full_map, threshold) or find_regions(full_map, float(np.quantile(full_map, 0.995)))[:1]
-
-
-def place_map(small_map: np.ndarray, box: tuple[int, int, int, int], width: int, height: int) -> np.ndarray:
-    """The map of a (possibly cropped) view at its place in the full image; outside the crop is 0."""
-    x0, y0, x1, y1 = box
-    if (x0, y0, x1, y1) == (0, 0, width, height):
-        return to_image_size(small_map, width, height)
-    full = np.zeros((height, width), np.float32)
-    full[y0:y1, x0:x1] = to_image_size(small_map, x1 - x0, y1 - y0)
-    return full
 
 
 def _fingerprint(images: list[Image.Image]) -> str:

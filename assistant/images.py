@@ -17,7 +17,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_PIXELS = 50_000_000
 MAX_FILE_BYTES = 200 * 1024 * 1024
 MIN_SIDE = 8
+# Up to this aspect ratio an image can be one view of the encoder; beyond it the engine scores it
+# as a strip in tiles (assistant/tiling.py), which needs a short side of MIN_STRIP_SIDE pixels
+# (two cells of the encoder's coarsest grid).
 MAX_ASPECT = 20.0
+MIN_STRIP_SIDE = 64
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
@@ -88,8 +92,9 @@ def _check_size(size, label: str) -> None:
         raise ImageError(f"{label}: image is too large ({width}x{height}; limit {MAX_PIXELS // 1_000_000} megapixels)")
     if min(width, height) < MIN_SIDE:
         raise ImageError(f"{label}: image is too small ({width}x{height}; at least {MIN_SIDE}x{MIN_SIDE} pixels needed)")
-    if max(width, height) / min(width, height) > MAX_ASPECT:
-        raise ImageError(f"{label}: aspect ratio {width}x{height} is too extreme (more than {MAX_ASPECT:.0f}:1)")
+    if max(width, height) / min(width, height) > MAX_ASPECT and min(width, height) < MIN_STRIP_SIDE:
+        raise ImageError(f"{label}: aspect ratio {width}x{height} is too extreme (more than {MAX_ASPECT:.0f}:1 "
+                         f"needs a short side of at least {MIN_STRIP_SIDE} pixels, scored as a strip in tiles)")
 
 
 def _from_array(array: np.ndarray, label: str) -> Image.Image:

@@ -13,51 +13,14 @@ import io
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .answer import threshold_note
-from .cli_support import check_threshold, load_assistant, load_defects, load_references, one_line, png_bytes
-from .defect_kinds import kind_label
+from .cli_support import check_threshold, load_assistant, load_defects, load_references, one_line
 from .data.datasets import IMAGE_SUFFIXES, is_image_file
-from .images import ImageError, load_image
-from .report_html import render_report, thumbnail_data_uri
+from .inspect_pipeline import CSV_COLUMNS, Row
+from .report_html import render_report
 
 log = logging.getLogger("assistant.inspect")
-
-CSV_COLUMNS = ["file", "anomalous", "score", "threshold", "regions", "answer", "error"]
-OVERLAY_DIR = "overlays"
-
-
-@dataclass
-class Row:
-    file: str
-    anomalous: bool | None = None
-    score: float | None = None
-    threshold: float | None = None
-    regions: list[dict] = field(default_factory=list)  # {"box": [...], "position": str}
-    answer: str = ""
-    error: str = ""
-    threshold_note: str = ""  # why the threshold is only an estimate: see answer.threshold_note
-    overlay: str = ""  # relative path of the overlay PNG (anomalous images only)
-    thumbnail: str = ""  # data: URI
-
-    def csv_row(self) -> dict:
-        return {
-            "file": self.file,
-            "anomalous": "" if self.anomalous is None else str(self.anomalous).lower(),
-            "score": "" if self.score is None else f"{self.score:.6f}",
-            "threshold": "" if self.threshold is None else f"{self.threshold:.6f}",
-            "regions": format_regions(self.regions),
-            "answer": self.answer,
-            "error": self.error,
-        }
-
-
-def format_regions(regions: list[dict]) -> str:
-    return "; ".join(f"{r['position']} [{' '.join(str(v) for v in r['box'])}]" + (f" {kind_label(r)}" if "kind" in r else "")
-                     for r in regions)
-
 
 def find_images(folder: Path) -> list[Path]:
     if not folder.exists():
@@ -70,56 +33,58 @@ def find_images(folder: Path) -> list[Path]:
     return files
 
 
-def _overlay_name(relative: str) -> str:
-    stem = relative.rsplit(".", 1)[0]
-    return f"{OVERLAY_DIR}/{stem.replace('/', '__')}.png"
-
-
 def run_inspect(args) -> int:
     from tqdm import tqdm
+
+    from .inspect_pipeline import InspectJob, items_under
 
     logging.getLogger("assistant").setLevel(logging.INFO)
     folder = Path(args.folder)
     out = Path(args.out)
     threshold = check_threshold(args.threshold)
+    check_run_options(args)
     files = find_images(folder)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
     references = load_references(args.reference)
     defects = load_defects(args.defects)
     out.mkdir(parents=True, exist_ok=True)
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    job = InspectJob(args.class_name, threshold, args.max_new_tokens, references, defects)
 
     started = time.time()
-    with contextlib.redirect_stdout(sys.stderr):
-        assistant = load_assistant(args.preset, args.checkpoint, use_llm=not args.no_llm)
-    log.info("models loaded in %.1f s; inspecting %d images under %s", time.time() - started, len(files), folder)
-
     rows: list[Row] = []
     interrupted = False
-    try:
-        with contextlib.redirect_stdout(sys.stderr), \
-                tqdm(total=len(files), desc="inspecting", unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
-            for path in files:  # the bar closes (ends its line) even when an error stops the run
-                rows.append(_inspect_one(assistant, path, folder, out, references, args, threshold, defects))
-                bar.update(1)
-    except KeyboardInterrupt:
-        interrupted = True
-        log.warning("interrupted: writing the report for the %d of %d images done", len(rows), len(files))
+    with contextlib.ExitStack() as stack:
+        with contextlib.redirect_stdout(sys.stderr):
+            inspector = stack.enter_context(_inspector(args, job))
+        log.info("models loaded and references built in %.1f s (%s); inspecting %d images under %s", time.time() - started,
+                 inspector.where, len(files), folder)
+        inspecting = time.time()
+        try:
+            with contextlib.redirect_stdout(sys.stderr), \
+                    tqdm(total=len(files), desc="inspecting", unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
+                for inspected in inspector.inspect(items_under(folder, files), args.batch):
+                    rows.append(_written(inspected, out))  # the bar closes (ends its line) even when an error stops the run
+                    bar.update(1)
+        except KeyboardInterrupt:
+            interrupted = True
+            log.warning("interrupted: writing the report for the %d of %d images done", len(rows), len(files))
+        inspect_seconds = time.time() - inspecting
 
     summary = {
         "folder": str(folder), "class_name": args.class_name, "references": [str(r) for r in args.reference],
         "total": len(files), "done": len(rows), "interrupted": interrupted,
         "seconds": round(time.time() - started, 1), "llm": not args.no_llm,
-        "preset": assistant.preset.get("name", args.preset),
+        "preset": inspector.preset_name,
         "threshold_note": estimated_threshold_note(rows),
+        "images_per_second": round(len(rows) / max(inspect_seconds, 1e-9), 2), "workers": inspector.workers,
     }
     write_reports(out, rows, summary)
     n_bad = sum(1 for r in rows if r.anomalous)
     n_err = sum(1 for r in rows if r.error)
     print(f"inspected {len(rows)} of {len(files)} images: {n_bad} anomalous, {len(rows) - n_bad - n_err} normal, "
           f"{n_err} unreadable")
+    print(f"speed:  {summary['images_per_second']} images/s ({inspect_seconds:.1f} s after loading the models, {inspector.where})")
     if summary["threshold_note"]:
         print(f"note:   {summary['threshold_note']}")
     print(f"report: {out / 'report.html'}")
@@ -127,43 +92,75 @@ def run_inspect(args) -> int:
     return 130 if interrupted else 0
 
 
+def check_run_options(args) -> None:
+    """Numbers and combinations checked before anything loads (exit 2 with one line)."""
+    from .batch import MAX_BATCH
+
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if not 1 <= args.batch <= MAX_BATCH:
+        raise ValueError(f"--batch must be between 1 and {MAX_BATCH}, got {args.batch}")
+    if args.address and not args.cluster:
+        raise ValueError("--address needs --cluster dask")
+    if args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+
+
+class LocalInspector:
+    """This process: models loaded here, images through `inspect_pipeline.pipeline`."""
+
+    workers = 1
+    where = "this process"
+
+    def __init__(self, assistant, job):
+        from .inspect_pipeline import warm_references
+
+        self.assistant = assistant
+        self.job = job
+        self.preset_name = assistant.preset.get("name", "")
+        warm_references(assistant, job)
+
+    def inspect(self, items, batch_size: int):
+        from .inspect_pipeline import pipeline
+
+        return pipeline(self.assistant, self.job, items, batch_size)
+
+
+@contextlib.contextmanager
+def _inspector(args, job):
+    """The models, loaded here or on each worker of a Dask cluster, for the length of the run."""
+    if not args.cluster:
+        yield LocalInspector(load_assistant(args.preset, args.checkpoint, use_llm=not args.no_llm), job)
+        return
+    from .cli_support import ModelLoadError, preset_problem
+    from .config import load_preset
+
+    preset = load_preset(args.preset)
+    problem = preset_problem(preset)
+    if problem:
+        raise ModelLoadError(problem)
+    try:
+        from .cluster import WorkerModels, cluster_inspector
+    except ImportError as exc:
+        raise ValueError(f"--cluster dask needs Dask: pip install 'anomaly-assistant[cluster]' ({one_line(exc)})") from None
+    checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else None
+    models = WorkerModels(preset, checkpoint, use_llm=not args.no_llm, threads=args.threads)
+    with cluster_inspector(args.address, args.workers, models, job) as inspector:
+        yield inspector
+
+
+def _written(inspected, out: Path) -> Row:
+    from .checkpoint import atomic_write_bytes
+
+    if inspected.overlay_png is not None:
+        atomic_write_bytes(out / inspected.row.overlay, inspected.overlay_png)
+    return inspected.row
+
+
 def estimated_threshold_note(rows: list[Row]) -> str:
     """Said once for the whole run: every answer judged against the same references (or none) ends
     with the same advice, and the counts printed beside it are the reason to read it."""
     return next((row.threshold_note for row in rows if row.threshold_note), "")
-
-
-def _inspect_one(assistant, path: Path, folder: Path, out: Path, references, args, threshold, defects=None) -> Row:
-    from .assistant import DEFAULT_QUESTION
-    from .checkpoint import atomic_write_bytes
-    from .engine import EngineError
-
-    relative = path.relative_to(folder).as_posix()
-    row = Row(file=relative)
-    try:
-        image = load_image(path, name=relative)
-    except ImageError as exc:
-        row.error = one_line(exc)
-        return row
-    try:
-        result = assistant.chat(image, DEFAULT_QUESTION, references, class_name=args.class_name,
-                                threshold=threshold, max_new_tokens=args.max_new_tokens, defects=defects)
-    except EngineError:
-        raise  # e.g. no reference, no self map and no trained text map: the same for every image, so stop with one line
-    except (ValueError, RuntimeError, MemoryError) as exc:
-        row.error = f"{relative}: {one_line(exc)}"
-        return row
-    detection = result.detection
-    row.anomalous, row.score, row.threshold = detection.anomalous, float(detection.score), float(detection.threshold)
-    row.regions = result.to_json()["regions"]  # with the kind of each region when defect examples are given
-    row.threshold_note = threshold_note(detection)
-    row.answer = result.answer
-    shown = result.heatmap if detection.anomalous else image
-    if detection.anomalous:
-        row.overlay = _overlay_name(relative)
-        atomic_write_bytes(out / row.overlay, png_bytes(result.heatmap))
-    row.thumbnail = thumbnail_data_uri(shown)
-    return row
 
 
 def write_reports(out: Path, rows: list[Row], summary: dict) -> None:

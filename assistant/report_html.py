@@ -103,6 +103,14 @@ def _positions(regions: list[dict]) -> str:
     return ", ".join(_e(p) + (f" (&times;{n})" if n > 1 else "") for p, n in counts.items())
 
 
+def _speed(summary: dict) -> str:
+    if "images_per_second" not in summary:
+        return ""
+    workers = summary.get("workers", 1)
+    return (f" &middot; {summary['images_per_second']} images/s"
+            + (f" on {workers} workers" if workers > 1 else ""))
+
+
 def render_report(rows: list, summary: dict) -> str:
     """Rows (inspect_cmd.Row) ordered by score, highest first; unreadable files listed separately."""
     scored = sorted((r for r in rows if not r.error), key=lambda r: -r.score)
@@ -120,7 +128,7 @@ def render_report(rows: list, summary: dict) -> str:
         f"<div class='meta'>{_e(summary.get('folder', ''))} &middot; class <b>{_e(summary.get('class_name', ''))}</b> &middot; "
         f"{_e(mode)} &middot; preset {_e(summary.get('preset', ''))} &middot; "
         f"{'LLM answers' if summary.get('llm') else 'template answers (no LLM)'} &middot; {when} &middot; "
-        f"{summary.get('seconds', 0)} s</div></header><main>",
+        f"{summary.get('seconds', 0)} s{_speed(summary)}</div></header><main>",
     ]
     if summary.get("interrupted"):
         parts.append(f"<div class='banner'>Run interrupted: {summary.get('done')} of {summary.get('total')} images were inspected; "

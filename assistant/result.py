@@ -34,8 +34,8 @@ class Detection:
     class_name: str = "object"
     # True when no normal image the engine did not see set the threshold: zero-shot (one fixed
     # threshold for every kind of part) or one surface reference (its own flipped views and a fixed
-    # margin). Such a verdict is weaker (docs/RESULTS.md), and the answer says so; a threshold the
-    # user set is the user's
+    # margin). Such a verdict is weaker (docs/method.md, "Calibration"), and the answer says so; a
+    # threshold the user set is the user's
     threshold_estimated: bool = False
 
     @property
@@ -51,3 +51,7 @@ class Detection:
             "threshold": round(float(self.threshold), 6),
             "regions": [region.to_json() for region in self.regions],
         }
+
+
+class EngineError(ValueError):
+    """A one-line problem the user can act on (e.g. nothing to compare against)."""

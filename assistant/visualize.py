@@ -20,3 +20,25 @@ def overlay(image: Image.Image, detection: Detection, alpha: float = 0.45) -> Im
         draw.rectangle(region.box, outline=(255, 255, 255), width=width)
         draw.text((region.box[0] + width + 1, region.box[1] + width + 1), region.position, fill=(255, 255, 255))
     return blended
+
+
+def region_crops(image: Image.Image, detection: Detection, limit: int = 5, context: float = 0.5,
+                 min_side: int = 96, max_side: int = 1024) -> list[tuple[Image.Image, str]]:
+    """Each region at the image's own resolution, with `context` x its size around it and outlined:
+    on a large image the overlay is shrunk to fit a screen, and a defect of a few pixels shows only
+    here. A crop larger than `max_side` is shrunk to it; captions give position, size and place."""
+    crops = []
+    for region in detection.regions[:limit]:
+        x0, y0, x1, y1 = region.box
+        pad_x = max(context * (x1 - x0), (min_side - (x1 - x0)) / 2, 0)
+        pad_y = max(context * (y1 - y0), (min_side - (y1 - y0)) / 2, 0)
+        box = (max(0, round(x0 - pad_x)), max(0, round(y0 - pad_y)),
+               min(image.width, round(x1 + pad_x)), min(image.height, round(y1 + pad_y)))
+        crop = image.crop(box).convert("RGB")
+        draw = ImageDraw.Draw(crop)
+        draw.rectangle((x0 - box[0], y0 - box[1], x1 - box[0] - 1, y1 - box[1] - 1), outline=(255, 40, 40),
+                       width=max(1, round(max(crop.size) / 200)))
+        if max(crop.size) > max_side:
+            crop.thumbnail((max_side, max_side))
+        crops.append((crop, f"{region.position}: {x1 - x0}x{y1 - y0} px at ({x0}, {y0})"))
+    return crops

@@ -1,7 +1,20 @@
-"""Latency benchmark: feature extraction, maps and total per image at batch 1 and 16, and how the
-query time grows with the memory bank (1, 4, 16, 64 shots)."""
+"""Latency benchmark, stage by stage (decode, prepare, encode, maps + score, regions, answer), for
+1, 4 and 64 references and each encoder backend, beside anomalib's PatchCore on the same weights
+and images (eval/anomalib_patchcore.py, when anomalib is installed).
+
+Stages go through the engine's public steps. Maps and score are one call (`AnomalyEngine.assess`
+makes both), so they are timed together. "answer" is `Assistant.chat` without the LLM once the
+image's detection is cached: intent, question parsing and the grounded sentences. "detect" is the
+end-to-end figure a user waits for, file bytes to regions through `engine.detect`, timed on its own
+(it includes the reference cache lookup, which hashes the reference images).
+"""
 from __future__ import annotations
 
+import io
+import json
+import os
+import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -10,71 +23,172 @@ import torch
 from PIL import Image
 
 from assistant.data.datasets import IMAGE_SUFFIXES
-from assistant.engine import AnomalyEngine
+from assistant.engine import AnomalyEngine, anomalous_regions, place_map
 from assistant.images import load_image
 
-SHOTS = (1, 4, 16, 64)
+SHOTS = (1, 4, 64)
+BACKENDS = ("torch", "onnx", "onnx-int8")
+STAGES = ("decode", "prepare", "encode", "maps_score", "regions", "answer")
+QUERIES = 8
+BATCH = 8
+QUESTION = "Is there any anomaly in the image?"
 
 
-def benchmark_images(folder: str | None, count: int) -> list[Image.Image]:
-    """Images from a folder (cycled), or deterministic noise textures when none is given."""
+def benchmark_files(folder: str | None, count: int) -> list[bytes]:
+    """Encoded image files from a folder (sorted, cycled), or PNG-encoded noise textures without one."""
     if folder:
         paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
             raise FileNotFoundError(f"no images under {folder}")
-        return [load_image(paths[i % len(paths)]) for i in range(count)]
+        return [paths[i % len(paths)].read_bytes() for i in range(count)]
     rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 255, (384, 512, 3), dtype=np.uint8)) for _ in range(count)]
+    files = []
+    for _ in range(count):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (384, 512, 3), dtype=np.uint8)).save(buffer, format="PNG")
+        files.append(buffer.getvalue())
+    return files
 
 
-def _timed(fn, repeats: int) -> float:
-    fn()  # warm-up: first calls allocate and pick kernels
+def query_and_reference_files(folder: str | None, n_queries: int, n_references: int) -> tuple[list[bytes], list[bytes]]:
+    """An MVTec-layout folder gives queries from test/ and references from train/good/; any other
+    folder (or none) gives both from the same images, references after the queries."""
+    root = Path(folder) if folder else None
+    if root and (root / "test").is_dir() and (root / "train" / "good").is_dir():
+        return benchmark_files(str(root / "test"), n_queries), benchmark_files(str(root / "train" / "good"), n_references)
+    files = benchmark_files(folder, n_queries + n_references)
+    return files[:n_queries], files[n_queries:]
+
+
+def _median_ms(times: list[float]) -> float:
+    return 1000 * statistics.median(times)
+
+
+def stage_times(assistant, query_files: list[bytes], reference_images: list[Image.Image], class_name: str = "part",
+                repeats: int = 3) -> dict:
+    """Median ms per stage and end to end over the queries (each `repeats` times, after one warm-up)."""
+    from assistant.batch import detect_batch
+
+    engine: AnomalyEngine = assistant.engine
+    reference_set = engine.references(reference_images, class_name)
+    threshold = reference_set.threshold
+    times: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "detect")}
+
+    def clock(stage: str, fn):
+        began = time.perf_counter()
+        value = fn()
+        times[stage].append(time.perf_counter() - began)
+        return value
+
+    for round_ in range(repeats + 1):
+        for data in query_files:
+            image = clock("decode", lambda: load_image(data))
+            view, box = clock("prepare", lambda: engine.prepare(image))
+            encoded = clock("encode", lambda: engine.encode([view]))
+            maps, scores = clock("maps_score", lambda: engine.assess(encoded, reference_set, class_name))
+            clock("regions", lambda: _regions(maps[0], box, image.size, float(scores[0]), threshold))
+            if round_ == 0:
+                assistant.detect(image, reference_images, class_name, None)  # cached: what the answer stage reads
+            clock("answer", lambda: assistant.chat(image, QUESTION, reference_images, class_name=class_name))
+            clock("detect", lambda: engine.detect(load_image(data), reference_images, class_name))
+        if round_ == 0:  # warm-up: first calls allocate and pick kernels
+            times = {stage: [] for stage in times}
+    row = {f"{stage}_ms": _median_ms(values) for stage, values in times.items()}
+    row["stages_sum_ms"] = sum(row[f"{stage}_ms"] for stage in STAGES if stage != "answer")
+    batch = query_files[:BATCH]
+    images = [load_image(data) for data in batch]
+    detect_batch(engine, images, reference_images, class_name)  # warm-up at this batch size
     began = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - began) / repeats
+    detect_batch(engine, images, reference_images, class_name)
+    row[f"batch{len(batch)}_ms_per_image"] = 1000 * (time.perf_counter() - began) / len(batch)
+    return row
 
 
-def stage_times(engine: AnomalyEngine, images: list[Image.Image], references, batch: int, repeats: int) -> dict:
-    views = [engine.prepare(image)[0] for image in images[:batch]]
-    chunk = [view.resize(views[0].size) for view in views]  # a batch shares one input size, as on a production line
-    encoded = engine.encode(chunk)
-    features = _timed(lambda: engine.encode(chunk), repeats) / batch
-    maps = _timed(lambda: engine.assess(encoded, references, "object"), repeats) / batch
-    return {"features_ms": 1000 * features, "map_ms": 1000 * maps, "total_ms": 1000 * (features + maps)}
+def _regions(small_map: np.ndarray, box, size: tuple[int, int], score: float, threshold: float):
+    """What `engine.detect` does after the score: the map at its place in the photo, regions if anomalous."""
+    full_map = place_map(small_map, box, *size)
+    return anomalous_regions(full_map, float(small_map.max()), threshold) if score > threshold else []
+
+
+def backend_report(preset: dict, checkpoint_dir: str | None, query_files: list[bytes],
+                   reference_images: list[Image.Image], shots: list[int], repeats: int) -> dict:
+    from assistant.assistant import Assistant
+
+    assistant = Assistant(preset, checkpoint_dir, use_llm=False)
+    report = {"shots": {}}
+    for k in shots:
+        began = time.perf_counter()
+        references = assistant.engine.references(reference_images[:k], "part")
+        build = time.perf_counter() - began
+        row = stage_times(assistant, query_files, reference_images[:k], "part", repeats)
+        row.update(build_s=build, patches=sum(int(bank.shape[0]) for bank in references.bank.banks))
+        report["shots"][k] = row
+    return report
 
 
 def run_benchmark(preset: str = "embedded", checkpoint_dir: str | None = None, folder: str | None = None,
-                  overrides: dict | None = None, repeats: int = 5) -> dict:
-    from assistant.config import load_preset
+                  overrides: dict | None = None, repeats: int = 3, shots: list[int] | None = None,
+                  backends: list[str] | None = None, anomalib: bool = True, json_path: str | Path | None = None,
+                  queries: int = QUERIES) -> dict:
+    from assistant.config import deep_merge, load_preset
 
-    engine = AnomalyEngine(load_preset(preset, overrides), checkpoint_dir)
-    images = benchmark_images(folder, 16 + max(SHOTS))
-    queries, pool = images[:16], images[16:]
-    one_shot = engine.references(pool[-1:])  # not pool[:1], so the shots table times a fresh build
-    size = engine.encoder.image_size
-    print(f"preset {engine.preset.get('name', preset)}, input {size}px, torch threads {torch.get_num_threads()}, "
-          f"text map {'trained' if engine.text_map.trained else 'untrained (bank only)'}")
-    report = {"batch": {}, "bank": {}}
-    print(f"{'batch':>6}{'features ms/img':>18}{'map+score ms/img':>19}{'total ms/img':>15}")
-    for batch in (1, 16):
-        row = stage_times(engine, queries, one_shot, batch, repeats if batch == 1 else max(1, repeats // 3))
-        report["batch"][batch] = row
-        print(f"{batch:>6}{row['features_ms']:>18.1f}{row['map_ms']:>19.1f}{row['total_ms']:>15.1f}")
-    zero_shot = stage_times(engine, queries, None, 1, repeats)
-    report["zero_shot"] = zero_shot
-    print(f"zero-shot (no references), batch 1: map+score {zero_shot['map_ms']:.1f} ms/img")
-    encoded = engine.encode(queries[:1])
-    print(f"{'shots':>6}{'bank patches':>15}{'build s':>9}{'map+score ms/img':>19}")
-    for shots in SHOTS:
-        began = time.perf_counter()
-        refs = engine.references(pool[:shots])
-        build = time.perf_counter() - began
-        ms = 1000 * _timed(lambda: engine.assess(encoded, refs, "object"), repeats)
-        patches = sum(int(b.shape[0]) for b in refs.bank.banks)
-        report["bank"][shots] = {"patches": patches, "build_s": build, "map_ms": ms}
-        print(f"{shots:>6}{patches:>15}{build:>9.1f}{ms:>19.1f}")
+    from .anomalib_patchcore import patchcore_times
+
+    shots = sorted(shots or SHOTS)
+    backends = list(backends or BACKENDS)
+    base = load_preset(preset, overrides)
+    query_files, reference_files = query_and_reference_files(folder, queries, max(shots))
+    reference_images = [load_image(data) for data in reference_files]
+    report = {"machine": machine(), "preset": base.get("name", preset), "folder": folder or "synthetic noise",
+              "queries": len(query_files), "repeats": repeats, "backends": {}}
+    for backend in backends:
+        settings = deep_merge(base, {"encoder": {"backend": backend}})
+        report["backends"][backend] = backend_report(settings, checkpoint_dir, query_files, reference_images, shots, repeats)
+        print_backend(backend, report["backends"][backend])
+    own = base["encoder"].get("backend", "torch")
+    report["detect_backend"] = own if own in backends else backends[0]
+    report["detect_ms"] = report["backends"][report["detect_backend"]]["shots"][shots[0]]["detect_ms"]
+    if anomalib:
+        encoder = AnomalyEngine(deep_merge(base, {"encoder": {"backend": "torch"}}), checkpoint_dir).encoder
+        report["anomalib"] = patchcore_times(encoder, query_files, reference_images, shots, repeats)
+        print_anomalib(report["anomalib"])
+        if "shots" in report["anomalib"]:
+            report["anomalib_patchcore_ms"] = report["anomalib"]["shots"][shots[0]]["ms"]
+    else:
+        report["anomalib"] = {"skipped": "--no-anomalib"}
+    print(f"end to end (decode to regions, {shots[0]} reference{'s' if shots[0] > 1 else ''}, "
+          f"{report['detect_backend']}): {report['detect_ms']:.1f} ms/image"
+          + (f"; anomalib PatchCore {report['anomalib_patchcore_ms']:.1f} ms/image" if "anomalib_patchcore_ms" in report else ""))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"figures written to {json_path}")
     return report
+
+
+def machine() -> dict:
+    """What the figures depend on: threads, CPU and how busy the machine was (1-minute load average)."""
+    return {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+            "load_average_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__}
+
+
+def print_backend(backend: str, report: dict) -> None:
+    columns = [f"{stage}_ms" for stage in STAGES] + ["detect_ms"]
+    print(f"\nbackend {backend}: median ms per image")
+    print(f"{'refs':>5}{'build s':>9}" + "".join(f"{c[:-3]:>11}" for c in columns) + f"{'batch ms/img':>14}")
+    for k, row in report["shots"].items():
+        batch = next(v for key, v in row.items() if key.startswith("batch"))
+        print(f"{k:>5}{row['build_s']:>9.1f}" + "".join(f"{row[c]:>11.1f}" for c in columns) + f"{batch:>14.1f}")
+
+
+def print_anomalib(report: dict) -> None:
+    if "skipped" in report:
+        print(f"\nanomalib PatchCore: skipped ({report['skipped']})")
+        return
+    print(f"\nanomalib PatchCore ({report['image_size']} px, layers {', '.join(report['layers'])}, "
+          f"coreset {report['coreset_ratio']:.0%}): median ms per image, file bytes to score and map")
+    for k, row in report["shots"].items():
+        print(f"{k:>5} refs  build {row['build_s']:.1f} s  {row['patches']} patches  {row['ms']:.1f} ms")
 
 
 def answer_latency(preset: str, checkpoint_dir: str | None, image_path: str, reference_path: str | None,

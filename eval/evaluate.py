@@ -14,8 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
+from assistant import tiling
 from assistant.checkpoint import save_json
 from assistant.data import Split, discover
 from assistant.data.datasets import open_image
@@ -99,8 +101,78 @@ def pixel_arrays(tests: list[EncodedTest], maps: list[np.ndarray]) -> tuple[list
 def evaluate_split(engine: AnomalyEngine, split: Split, shots: int, seeds: list[int], class_name: str,
                    batch_size: int = 8, progress: bool = True, csv_rows: list | None = None,
                    split_defects: bool = False, perturbations: list[str] | None = None) -> dict[str, dict]:
+    if is_tiled(engine, split):  # large images and strips: scored in tiles, as `detect` scores them
+        return evaluate_tiled_split(engine, split, shots, seeds, class_name, progress, csv_rows, split_defects,
+                                    perturbations)
     tests = encode_tests(engine, split, class_name, batch_size, progress, perturbations)
     return score_tests(engine, split, tests, shots, seeds, class_name, progress, csv_rows, split_defects)
+
+
+def is_tiled(engine: AnomalyEngine, split: Split) -> bool:
+    """True when any test image is larger than one view (read from the file headers)."""
+    settings = tiling.settings_of(engine)
+    for sample in split.test:
+        with Image.open(sample.path) as image:
+            if tiling.is_large(image.size, settings):
+                return True
+    return False
+
+
+def reference_scale(engine: AnomalyEngine, images: list[Image.Image]) -> float:
+    """The working scale the first reference's prepared view asks for; every image of the seed is cut
+    at it, so reference and query tiles show patches of one size."""
+    return tiling.work_scale(engine.prepare(images[0])[0].size, tiling.settings_of(engine))
+
+
+def evaluate_tiled_split(engine: AnomalyEngine, split: Split, shots: int, seeds: list[int], class_name: str,
+                         progress: bool = True, csv_rows: list | None = None, split_defects: bool = False,
+                         perturbations: list[str] | None = None) -> dict[str, dict]:
+    """The metrics `evaluate.score_tests` reports, with every image of the set scored in tiles (an
+    image smaller than a tile is one tile)."""
+    mode = tiling.settings_of(engine).stitch
+    labels = np.array([s.label for s in split.test])
+    defects = np.array([s.defect for s in split.test])
+    per_seed: dict[str, list[dict]] = {}
+    ms, reference_seconds = [], []
+    for seed in seeds:
+        references = None
+        began = time.perf_counter()
+        if shots:
+            images = [open_image(p) for p in draw_references(split, shots, seed)]
+            references = tiling.references(engine, images, class_name, seed, reference_scale(engine, images))
+        if references is not None:
+            reference_seconds.append(time.perf_counter() - began)
+        threshold = references.threshold if references else engine.zero_shot_threshold()
+        scores, gts, preds, seconds = [], [], [], []
+        for sample in tqdm(split.test, desc=f"{split.name}: seed {seed}", disable=not progress, leave=False):
+            image, mask = load_test_image(sample, perturbations or [])
+            tiled = tiling.assess(engine, image, references, class_name)
+            scores.append(tiled.score)
+            seconds.append(tiled.seconds)
+            if split.has_masks:
+                gts.append(mask)
+                preds.append(cv2.resize(tiled.full_map(mode), pixel_eval_size(*image.size), interpolation=cv2.INTER_LINEAR))
+        scores = np.asarray(scores)
+        ms.append(1000 * float(np.mean(seconds)))
+        for name, subset in _subsets(defects, split_defects):
+            chosen = np.flatnonzero(subset)
+            per_seed.setdefault(name, []).append(_metrics(labels[subset], scores[subset], threshold,
+                                                          [gts[i] for i in chosen] if gts else None,
+                                                          [preds[i] for i in chosen] if preds else None))
+        if csv_rows is not None:
+            for sample, score in zip(split.test, scores):
+                csv_rows.append([split.name, seed, str(sample.path), sample.label, sample.defect, f"{score:.6f}",
+                                 f"{threshold:.6f}", int(score > threshold)])
+    results = {}
+    for name, runs in per_seed.items():
+        key = split.name if name == "all" else f"{split.name}:{name}"
+        entry = {metric: _mean_std([run[metric] for run in runs]) for metric in METRIC_KEYS}
+        entry["ms_per_image"] = round(float(np.mean(ms)), 2)
+        entry["n_test"] = int(runs[0]["n_test"])
+        if reference_seconds:
+            entry["reference_seconds"] = round(float(np.mean(reference_seconds)), 1)
+        results[key] = entry
+    return results
 
 
 def score_tests(engine: AnomalyEngine, split: Split, tests: list[EncodedTest], shots: int, seeds: list[int],

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from assistant.data.convert import DEFAULT_TEST_FRACTION, LAYOUTS, convert
 from assistant.data.datasets import LAYOUTS_HELP, discover
+from assistant.data.mosaic import LAYOUTS as MOSAIC_LAYOUTS, build as build_mosaic, default_root as mosaic_root
 from assistant.data.summary import chart_png, format_summaries, summarize
 
-CONVERT_HELP = f"""\
+CONVERT_HELP = """\
 Link (or with --copy, copy) the images of SRC into DST in the MVTec layout:
 train/good/, test/good/, test/<defect>/, ground_truth/<defect>/<stem>_mask.png.
 Sources are never moved or changed; a hard link is the same file as its source (use --copy
@@ -33,8 +34,21 @@ layouts:
 """
 
 
+MOSAIC_HELP = """\
+Build large-image benchmarks from a set of small images, in the MVTec layout, into
+DIR/<category>_<layout>/, so that `anomaly-assistant eval --data DIR` scores them like any set.
+
+  mosaic  4 x 4 cells at native pixel size (a tire mosaic is 1536x2048), strip  1 x 16 cells in a row.
+  train/good: mosaics of the source's normal training images (each image used once).
+  test/good: mosaics of its normal test images; test/<defect>/: one anomalous test image in a
+  random cell among normal test images, its mask placed at that cell in ground_truth/.
+Cells are the median training image size (others are resized to it). Never write them inside the
+repository: the images keep their source's licence.
+"""
+
+
 def add_data_command(sub) -> None:
-    parser = sub.add_parser("data", help="dataset tools: summary of a dataset folder, conversion to the MVTec layout",
+    parser = sub.add_parser("data", help="dataset tools: summary of a dataset folder, conversion to the MVTec layout, large-image benchmarks",
                             description="Dataset tools for the images a profile or an evaluation is built from.")
     tools = parser.add_subparsers(dest="data_command", required=True)
 
@@ -57,6 +71,21 @@ def add_data_command(sub) -> None:
     conv.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
                       help=f"share of normal images that go to test/good (default: {DEFAULT_TEST_FRACTION})")
     conv.set_defaults(handler=run_convert)
+
+    mosaic = tools.add_parser("mosaic", help="large-image benchmarks: 4 x 4 mosaics or 1 x 16 strips of a set's images",
+                              description=MOSAIC_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mosaic.add_argument("--data", required=True, help="source dataset folder or folder of datasets (MVTec layout)")
+    mosaic.add_argument("--category", action="append", default=None, help="only this category (repeatable)")
+    mosaic.add_argument("--layout", choices=sorted(MOSAIC_LAYOUTS), default="mosaic", help="mosaic (4 x 4) or strip (1 x 16)")
+    mosaic.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="parent folder of the sets written, DIR/<category>_<layout>/ (default: $ANOMALY_ASSISTANT_CACHE/"
+                             "mosaics or ~/.cache/anomaly-assistant/mosaics)")
+    mosaic.add_argument("--normal", type=int, default=None, help="normal test mosaics (default: as many as the source's normal test images)")
+    mosaic.add_argument("--anomalous", type=int, default=None, help="anomalous test mosaics (default: one per anomalous test image)")
+    mosaic.add_argument("--train", type=int, default=None, help="reference mosaics (default: as many as the training images fill)")
+    mosaic.add_argument("--seed", type=int, default=0, help="draws cells and anomalous positions (default: 0)")
+    mosaic.add_argument("--force", action="store_true", help="replace a set already written there")
+    mosaic.set_defaults(handler=run_mosaic)
 
 
 def run_summary(args) -> int:
@@ -88,4 +117,18 @@ def run_convert(args) -> int:
         print(f"  {split.name}: train good {counts['train_good']}, test good {counts['test_good']}, "
               f"test anomalous {counts['test_anomalous']} ({defects}), masks {'yes' if split.has_masks else 'no'}")
     print(f"next: anomaly-assistant data summary {result.destination}")
+    return 0
+
+
+def run_mosaic(args) -> int:
+    splits = discover(args.data, args.category)
+    root = args.out if args.out is not None else mosaic_root()
+    for split in splits:
+        built = build_mosaic(split, root / f"{split.name}_{args.layout}", args.layout, normal=args.normal,
+                             anomalous=args.anomalous, train=args.train, seed=args.seed, force=args.force)
+        width, height = built.grid.size
+        print(f"{built.destination}: {built.counts['train_good']} reference, {built.counts['test_good']} normal and "
+              f"{built.counts['test_anomalous']} anomalous {args.layout}s of {built.grid.rows} x {built.grid.cols} "
+              f"{built.grid.cell[0]}x{built.grid.cell[1]} cells ({width}x{height})")
+    print(f"next: anomaly-assistant eval --data {root} --category {splits[0].name}_{args.layout}")
     return 0

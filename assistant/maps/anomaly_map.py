@@ -69,3 +69,13 @@ def find_regions(anomaly_map: np.ndarray, threshold: float, max_regions: int = 5
                               area_fraction=float(area) / (height * width), peak=peak))
     regions.sort(key=lambda r: r.peak, reverse=True)
     return regions[:max_regions]
+
+
+def place_map(small_map: np.ndarray, box: tuple[int, int, int, int], width: int, height: int) -> np.ndarray:
+    """The map of a (possibly cropped) view at its place in the full image; outside the crop is 0."""
+    x0, y0, x1, y1 = box
+    if (x0, y0, x1, y1) == (0, 0, width, height):
+        return to_image_size(small_map, width, height)
+    full = np.zeros((height, width), np.float32)
+    full[y0:y1, x0:x1] = to_image_size(small_map, x1 - x0, y1 - y0)
+    return full

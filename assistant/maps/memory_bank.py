@@ -31,7 +31,7 @@ def augmentation(name: str):
     if name in AUGMENTATIONS:
         return AUGMENTATIONS[name]
     flip, _, rest = name.rpartition("+")
-    if rest.startswith("rot") and flip in ("", "hflip"):
+    if rest.startswith("rot") and flip in ("", "identity", "hflip"):
         try:
             degrees = float(rest[3:])
         except ValueError:
@@ -96,7 +96,7 @@ COVERS = {"greedy": greedy_coreset, "random": random_subset}
 def similarity_dtype(precision: str, device: torch.device) -> torch.dtype:
     """The dtype patch similarities are computed in. "auto": bfloat16 where the hardware multiplies
     it natively (AVX512-BF16/AMX CPUs, recent GPUs), which more than halves the dominant cost of a
-    query (docs/RESULTS.md) while moving a cosine by about 0.003, far below the distances that matter."""
+    query (docs/method.md, "Memory bank") while moving a cosine by about 0.003, far below the distances that matter."""
     if precision == "float32":
         return torch.float32
     if precision == "bfloat16":
@@ -137,7 +137,7 @@ def self_distance(feature: torch.Tensor, radius: int, dtype: torch.dtype = torch
 
     Repetitive parts (tread, weave, grinding marks) vouch for each other, so a reference showing a
     different rotation or pose does not make them look anomalous. A defect larger than the radius
-    can vouch for itself too; on the sets in docs/RESULTS.md that costs less than the false alarms
+    can vouch for itself too; on the evaluation sets (docs/method.md, "Memory bank") that costs less than the false alarms
     it removes (texture statistics catch whole-image defects on surfaces with 2+ references)."""
     b, c, h, w = feature.shape
     near = near_mask(h, w, radius)
