@@ -6,9 +6,11 @@ the image's path, so a run is reproducible and every image sees a different chan
 changes move the mask with the image.
 
 A part on a plain background is warped onto a canvas that holds all of it, the uncovered corners
-filled with that background (`assistant.foreground.warp_keep_size`). A surface that fills the frame has no background to reflect, so after the warp the
-largest rectangle of the image's aspect ratio that holds only real pixels is kept, at native pixel
-size: what a camera turned or moved over the same surface would see.
+filled with that background (`assistant.foreground.warp_keep_size`). A surface that fills the frame
+has no background to fill in, so after the warp the largest rectangle of the image's aspect ratio
+that holds only real pixels is kept, at native pixel size: what a camera turned or moved over the
+same surface would see. Reflecting the surface into the corners instead makes seams and mirrors
+the image's edge rows inward as lines, which no camera shows.
 """
 from __future__ import annotations
 
