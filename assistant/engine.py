@@ -295,29 +295,34 @@ class AnomalyEngine:
             self._reference_cache[key] = self._build_references(images, class_name, seed)
         return self._reference_cache[key]
 
-    def reference_views(self, n_images: int) -> tuple[list[str], int]:
+    def reference_views(self, n_images: int, relative: bool) -> tuple[list[str], int]:
         """(view names made of each reference image, pose views per image; 0 = one pooled bank).
 
-        With `memory_bank.pose` each image is also turned by `rotations` evenly spaced angles, as
-        many as `budget` views over all images allow: one reference of a part seen at any angle
-        needs its turned views to be matched at all, while 64 references already show many poses and
-        would make 24 views each unaffordable; at one angle per image the bank is pooled."""
+        With `memory_bank.pose`, each reference of an object (a relative set) is turned by
+        `rotations` evenly spaced angles, as many as `budget` views over all images allow, and a
+        query is matched against the `views` turned views of each image that fit it best: one
+        reference of a part seen at any angle needs its turned views to be matched at all, while 64
+        references already show many poses and would make 24 views each unaffordable. At one angle
+        per image, and for surfaces (turned views of one tile did not help a turned tile and raised
+        the threshold: docs/method.md, "Pose and logical changes"), the bank pools
+        `memory_bank.augmentations`."""
         cfg = self.bank_cfg
+        pooled = list(cfg.get("augmentations") or ["identity"])
         pose = cfg.get("pose")
-        if not pose:
-            return list(cfg.get("augmentations") or ["identity"]), int(cfg.get("pose_views", 0))
+        if not pose or not relative:
+            return pooled, 0
         flips = list(pose.get("flips", ["identity", "hflip"]))
-        rotations = min(int(pose.get("rotations", 12)), max(1, int(pose.get("budget", 24)) // (n_images * len(flips))))
-        if rotations == 1:
-            return flips, 0
+        rotations = min(int(pose.get("rotations", 12)), int(pose.get("budget", 24)) // (n_images * len(flips)))
+        if rotations <= 1:
+            return pooled, 0
         return ([f"{flip}+rot{360.0 * step / rotations:g}" for flip in flips for step in range(rotations)],
                 int(pose.get("views", 1)))
 
-    def _new_bank(self, seed: int, cover: str | None = None, n_images: int = 1) -> MemoryBank:
+    def _new_bank(self, seed: int, views: tuple[list[str], int] | None = None, cover: str | None = None) -> MemoryBank:
         cfg = self.bank_cfg
         cover = cover or cfg.get("cover", "greedy")
-        views, pose_views = self.reference_views(n_images)
-        return MemoryBank(cfg["levels"], cfg.get("pool", 1), views, cfg.get("max_patches", 50_000),
+        names, pose_views = views or (list(cfg.get("augmentations") or ["identity"]), 0)
+        return MemoryBank(cfg["levels"], cfg.get("pool", 1), names, cfg.get("max_patches", 50_000),
                           seed, cfg.get("self_radius", 0), cfg.get("precision", "auto"), cover, pose_views)
 
     def _new_stats(self, originals: list[EncodedImages], relative: bool) -> GlobalStats | None:
@@ -367,20 +372,21 @@ class AnomalyEngine:
 
     @torch.no_grad()
     def _build_references(self, images: list[Image.Image], class_name: str, seed: int) -> ReferenceSet:
-        bank = self._new_bank(seed, n_images=len(images))
+        relative = self._is_relative([self.prepare(image)[1] != (0, 0, *image.size) for image in images])
+        views = self.reference_views(len(images), relative)
+        bank = self._new_bank(seed, views)
         n_views = len(bank.augmentations)
         if len(images) == 1 and n_views == 1:  # checked before encoding: nothing could be held out
             raise EngineError("one reference image needs a reference augmentation (e.g. hflip) to set a threshold: add one to the preset or give a second reference image")
         # Views are made from the whole photo and then cropped, as a query is: a part turned by any
         # angle keeps all of itself and gets the crop (and so the scale) a query at that angle gets.
         prepared = [self.prepare(view) for view in augment(images, bank.augmentations)]
-        relative = self._is_relative([box != (0, 0, *image.size) for image, (_, box) in zip(images, prepared[::n_views])])
         per_view = self.encode_each([view for view, _ in prepared])
         bank.fit_features([view.levels for view in per_view], [i // n_views for i in range(len(per_view))])
         stats = self._new_stats(per_view[::n_views], relative) if len(images) >= 2 else None
         full = ReferenceSet(bank, stats, relative, len(images), threshold=self._margin(relative, len(images)),
                             texture=self._new_texture(per_view, per_view[::n_views], relative))
-        held_out_maps, shifts = self._held_out_levels(per_view, len(images), full, class_name, seed)
+        held_out_maps, shifts = self._held_out_levels(per_view, len(images), full, class_name, seed, views)
         absolute = np.asarray([self.peaks(m)[0] for m in held_out_maps])
         relative = np.asarray([self.peaks(self.relative_maps(m))[0] for m in held_out_maps]) if full.relative else absolute
         full.peak_unit = float(relative.max())
@@ -394,7 +400,7 @@ class AnomalyEngine:
         return full
 
     def _held_out_levels(self, per_view: list[EncodedImages], n_images: int, full: ReferenceSet,
-                         class_name: str, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+                         class_name: str, seed: int, views: tuple[list[str], int]) -> tuple[list[np.ndarray], np.ndarray]:
         """Raw maps and texture shifts of normal views scored against references that did not
         contain them: with several images, each image of a fold against a bank of the other folds
         (leave-one-out up to `held_out_folds` images, so 64 references cost 5 banks, not 64); with one
@@ -409,7 +415,7 @@ class AnomalyEngine:
         for held_out_views in self._held_out_folds(n_images, n_views):
             kept = [index for index in range(len(per_view)) if index not in held_out_views]
             others = [per_view[index] for index in kept]
-            bank = self._new_bank(seed, held_out_cover, n_images).fit_features([view.levels for view in others],
+            bank = self._new_bank(seed, views, held_out_cover).fit_features([view.levels for view in others],
                                                                      [index // n_views for index in kept])
             held_out = replace(full, bank=bank)
             stats = self._new_stats(others[::n_views], full.relative) if full.stats is not None else None

@@ -144,6 +144,34 @@ def test_one_object_reference_measures_its_threshold(engine, tire_dir):
     assert engine.references([reference], "tire").relative and not detection.threshold_estimated
 
 
+def test_reference_views_turn_objects_within_the_budget(engine):
+    """One reference of an object is turned 12 times (x 2 flips), four references 3 times each, 64
+    share the preset's plain augmentations; a surface is never turned."""
+    names, per_image = engine.reference_views(1, relative=True)
+    assert len(names) == 24 and per_image == 2 and "hflip+rot330" in names
+    names, per_image = engine.reference_views(4, relative=True)
+    assert names == [f"{flip}+rot{angle}" for flip in ("identity", "hflip") for angle in (0, 120, 240)]
+    pooled = engine.bank_cfg["augmentations"]
+    assert engine.reference_views(64, relative=True) == (pooled, 0)
+    assert engine.reference_views(1, relative=False) == (pooled, 0)
+
+
+def test_a_turned_tire_is_matched_against_turned_views_of_its_reference(tire_dir):
+    """A normal tire photographed at another angle: against the reference's turned views it scores
+    lower (in threshold units) than against the reference's flips alone."""
+    from assistant.foreground import rotate_image
+
+    reference = open_rgb(sorted((tire_dir / "train" / "good").iterdir())[0])
+    query = Image.fromarray(rotate_image(np.asarray(open_rgb(sorted((tire_dir / "test" / "good").iterdir())[1])), 100))
+    turned = AnomalyEngine("embedded", checkpoint_dir="/nonexistent-untrained")
+    flat = AnomalyEngine(load_preset("embedded", {"memory_bank": {"pose": None}}), checkpoint_dir="/nonexistent-untrained")
+    ratios = {}
+    for name, candidate in (("turned", turned), ("flat", flat)):
+        detection = candidate.detect(query, [reference], "tire")
+        ratios[name] = detection.score / detection.threshold
+    assert ratios["turned"] < ratios["flat"] and ratios["turned"] < 1.0, ratios
+
+
 def test_many_references_are_held_out_in_folds(textile_images):
     engine = AnomalyEngine("embedded", checkpoint_dir="/nonexistent-untrained")
     folds = engine._held_out_folds(n_images=7, n_views=4)
