@@ -5,7 +5,10 @@ so 5 seeds cost little more than one.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -258,6 +261,16 @@ def evaluation_splits(data: str, categories: list[str] | None, which: str = "all
     return [select(split, which) for split in splits]
 
 
+def machine_description() -> str:
+    """'<cores>-core <CPU model>, <GPU or no GPU>': what the timings in a report depend on."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), model)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()}-core {model}, {gpu}"
+
+
 def run_evaluation(data: str, categories: list[str] | None, shots: int, seeds: int, output: Path | None,
                    preset: str = "embedded", checkpoint_dir: str | None = None, csv_path: Path | None = None,
                    class_name: str | None = None, batch_size: int = 8, split_defects: bool = False,
@@ -292,6 +305,7 @@ def run_evaluation(data: str, categories: list[str] | None, shots: int, seeds: i
             "text_map_trained": engine.text_map.trained,
             "checkpoint": str(engine.checkpoint_dir) if engine.checkpoint_dir else None,
             "torch_threads": torch.get_num_threads(),
+            "machine": machine_description(),
             "pixel_eval_side": PIXEL_EVAL_SIDE,
         },
         "results": results,
