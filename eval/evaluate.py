@@ -133,8 +133,6 @@ def evaluate_tiled_split(engine: AnomalyEngine, split: Split, shots: int, seeds:
     """The metrics `evaluate.score_tests` reports, with every image of the set scored in tiles (an
     image smaller than a tile is one tile)."""
     mode = tiling.settings_of(engine).stitch
-    labels = np.array([s.label for s in split.test])
-    defects = np.array([s.defect for s in split.test])
     per_seed: dict[str, list[dict]] = {}
     ms, reference_seconds = [], []
     for seed in seeds:
@@ -155,27 +153,10 @@ def evaluate_tiled_split(engine: AnomalyEngine, split: Split, shots: int, seeds:
             if split.has_masks:
                 gts.append(mask)
                 preds.append(cv2.resize(tiled.full_map(mode), pixel_eval_size(*image.size), interpolation=cv2.INTER_LINEAR))
-        scores = np.asarray(scores)
         ms.append(1000 * float(np.mean(seconds)))
-        for name, subset in _subsets(defects, split_defects):
-            chosen = np.flatnonzero(subset)
-            per_seed.setdefault(name, []).append(_metrics(labels[subset], scores[subset], threshold,
-                                                          [gts[i] for i in chosen] if gts else None,
-                                                          [preds[i] for i in chosen] if preds else None))
-        if csv_rows is not None:
-            for sample, score in zip(split.test, scores):
-                csv_rows.append([split.name, seed, str(sample.path), sample.label, sample.defect, f"{score:.6f}",
-                                 f"{threshold:.6f}", int(score > threshold)])
-    results = {}
-    for name, runs in per_seed.items():
-        key = split.name if name == "all" else f"{split.name}:{name}"
-        entry = {metric: _mean_std([run[metric] for run in runs]) for metric in METRIC_KEYS}
-        entry["ms_per_image"] = round(float(np.mean(ms)), 2)
-        entry["n_test"] = int(runs[0]["n_test"])
-        if reference_seconds:
-            entry["reference_seconds"] = round(float(np.mean(reference_seconds)), 1)
-        results[key] = entry
-    return results
+        _record_seed(per_seed, split, seed, np.asarray(scores), threshold, gts, preds,
+                     split_defects, csv_rows)
+    return _summary(split, per_seed, ms, reference_seconds)
 
 
 def score_tests(engine: AnomalyEngine, split: Split, tests: list[EncodedTest], shots: int, seeds: list[int],
@@ -183,8 +164,6 @@ def score_tests(engine: AnomalyEngine, split: Split, tests: list[EncodedTest], s
                 split_defects: bool = False) -> dict[str, dict]:
     """Metrics of encoded test images against K references per seed (encoding is shared by every
     number of shots, so a benchmark matrix encodes each set once per capture condition)."""
-    labels = np.array([s.label for s in split.test])
-    defects = np.array([s.defect for s in split.test])
     per_seed: dict[str, list[dict]] = {}
     ms = []
     for seed in tqdm(seeds, desc=f"{split.name}: seeds", disable=not progress, leave=False):
@@ -197,20 +176,38 @@ def score_tests(engine: AnomalyEngine, split: Split, tests: list[EncodedTest], s
         map_seconds = (time.perf_counter() - began) / len(tests)
         ms.append(1000 * (map_seconds + np.mean([t.seconds for t in tests])))
         gts, preds = pixel_arrays(tests, [m[0] for m, _ in assessed]) if split.has_masks else (None, None)
-        for name, subset in _subsets(defects, split_defects):
-            per_seed.setdefault(name, []).append(_metrics(labels[subset], scores[subset], threshold,
-                                                          [gts[i] for i in np.flatnonzero(subset)] if gts else None,
-                                                          [preds[i] for i in np.flatnonzero(subset)] if preds else None))
-        if csv_rows is not None:
-            for sample, score in zip(split.test, scores):
-                csv_rows.append([split.name, seed, str(sample.path), sample.label, sample.defect, f"{score:.6f}",
-                                 f"{threshold:.6f}", int(score > threshold)])
+        _record_seed(per_seed, split, seed, scores, threshold, gts, preds, split_defects, csv_rows)
+    return _summary(split, per_seed, ms)
+
+
+def _record_seed(per_seed: dict[str, list[dict]], split: Split, seed: int, scores: np.ndarray, threshold: float,
+                 gts: list | None, preds: list | None, split_defects: bool, csv_rows: list | None) -> None:
+    """One seed's metrics on the whole set and, with split_defects, per defect type (appended to
+    per_seed), and its per-image CSV rows."""
+    labels = np.array([s.label for s in split.test])
+    defects = np.array([s.defect for s in split.test])
+    for name, subset in _subsets(defects, split_defects):
+        chosen = np.flatnonzero(subset)
+        per_seed.setdefault(name, []).append(_metrics(labels[subset], scores[subset], threshold,
+                                                      [gts[i] for i in chosen] if gts else None,
+                                                      [preds[i] for i in chosen] if preds else None))
+    if csv_rows is not None:
+        for sample, score in zip(split.test, scores):
+            csv_rows.append([split.name, seed, str(sample.path), sample.label, sample.defect, f"{score:.6f}",
+                             f"{threshold:.6f}", int(score > threshold)])
+
+
+def _summary(split: Split, per_seed: dict[str, list[dict]], ms: list[float],
+             reference_seconds: list[float] | None = None) -> dict[str, dict]:
+    """Mean and spread over seeds of each metric, keyed "<set>" and "<set>:<defect>"."""
     results = {}
     for name, runs in per_seed.items():
         key = split.name if name == "all" else f"{split.name}:{name}"
         entry = {metric: _mean_std([run[metric] for run in runs]) for metric in METRIC_KEYS}
         entry["ms_per_image"] = round(float(np.mean(ms)), 2)
         entry["n_test"] = int(runs[0]["n_test"])
+        if reference_seconds:
+            entry["reference_seconds"] = round(float(np.mean(reference_seconds)), 1)
         results[key] = entry
     return results
 
