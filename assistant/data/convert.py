@@ -31,6 +31,7 @@ from assistant.data.datasets import (
     is_image_file,
     validate,
 )
+from assistant.data.staging import staged_folder
 from assistant.images import ImageError, load_mask
 
 LAYOUTS = ("folder-per-class", "image-mask-list", "aebad")
@@ -345,10 +346,8 @@ def _check_collisions(plan: list[Planned]) -> None:
 
 def _write(plan: list[Planned], dst: Path, copy: bool) -> Conversion:
     dst.parent.mkdir(parents=True, exist_ok=True)
-    staging = dst.parent / f".{dst.name}.converting-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     linked = copied = 0
-    try:
+    with staged_folder(dst, "converting") as staging:
         for item in plan:
             target = staging / item.target
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -361,12 +360,6 @@ def _write(plan: list[Planned], dst: Path, copy: bool) -> Conversion:
                 shutil.copy2(item.source, target)
                 copied += 1
         _validate(staging, {staging / item.target: item.source for item in plan})
-        if dst.exists():
-            shutil.rmtree(dst)
-        staging.rename(dst)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return Conversion(dst, discover(dst), linked, copied)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from PIL import Image
 
 from assistant.checkpoint import atomic_write_bytes
 from assistant.data.datasets import DatasetError, Sample, Split, discover, open_image
+from assistant.data.staging import staged_folder
 from assistant.images import MAX_PIXELS, load_mask
 
 LAYOUTS = {"mosaic": (4, 4), "strip": (1, 16)}
@@ -191,9 +191,7 @@ def build(split: Split, out: Path, layout: str = "mosaic", *, normal: int | None
     counts = plan_counts(split, grid, normal, anomalous, train)
     rng = np.random.default_rng(seed)
     mode = "L" if all(_mode(p) == "L" for p in split.train_good[:8]) else "RGB"
-    staging = out.parent / f".{out.name}.building"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with staged_folder(out, "building") as staging:
         writer = _Writer(staging, grid, mode, split.root)
         order = rng.permutation(len(split.train_good))
         for n in range(counts["train_good"]):
@@ -211,12 +209,6 @@ def build(split: Split, out: Path, layout: str = "mosaic", *, normal: int | None
                     "images": writer.manifest}
         atomic_write_bytes(staging / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))
         discover(staging)  # the layout loads before it replaces anything
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return Built(out, grid, counts)
 
 
