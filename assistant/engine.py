@@ -37,7 +37,6 @@ class ReferenceSet:
     relative: bool  # maps in units of their own mean level (objects on a plain background)
     n_images: int
     peak_unit: float = 1.0  # highest raw (relative sets: relative) map peak of a held-out normal view
-    absolute_unit: float = 0.0  # relative_mix "both": highest absolute map peak of a held-out view
     global_unit: float = 1.0  # texture-statistics unit: largest held-out normal shift (one reference: its tile spread)
     texture_normal: float = 1.0  # shift, in global units, up to which texture counts as normal
     normal_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # held-out map peaks / peak_unit
@@ -263,25 +262,16 @@ class AnomalyEngine:
         """Fused, smoothed maps before calibration."""
         return self.fuse(self.bank_maps(encoded, references.bank), text_maps)
 
-    def relative_maps(self, maps: np.ndarray) -> np.ndarray:
-        """Maps divided by their own level (mean, or `anomaly_map.relative_quantile`), so a pose or
-        lighting change that lifts the whole map does not read as a defect."""
-        quantile = self.map_cfg.get("relative_quantile")
-        level = (maps.mean(axis=(1, 2), keepdims=True) if quantile is None
-                 else np.quantile(maps, float(quantile), axis=(1, 2), keepdims=True))
-        return maps / np.maximum(level, 1e-6)
+    @staticmethod
+    def relative_maps(maps: np.ndarray) -> np.ndarray:
+        """Maps divided by their own mean, so a pose or lighting change that lifts the whole map
+        does not read as a defect."""
+        return maps / np.maximum(maps.mean(axis=(1, 2), keepdims=True), 1e-6)
 
     def calibrated(self, maps: np.ndarray, references: ReferenceSet) -> np.ndarray:
-        """Raw maps in threshold units. Relative sets use their relative map, or with
-        `anomaly_map.relative_mix` "both" the larger of the relative and the absolute map, each in
-        the units its own held-out normal views set: a change covering much of the part lifts the
-        mean with the peak, which only the absolute map shows."""
-        if not references.relative:
-            return maps / references.peak_unit
-        relative = self.relative_maps(maps) / references.peak_unit
-        if references.absolute_unit > 0:
-            return np.maximum(relative, maps / references.absolute_unit)
-        return relative
+        """Raw maps in threshold units: relative sets' maps relative to their own mean, then in units
+        of the highest held-out normal peak."""
+        return (self.relative_maps(maps) if references.relative else maps) / references.peak_unit
 
     # -- references and threshold -------------------------------------------------------------
     def references(self, images: list[Image.Image], class_name: str = "object", seed: int = 0) -> ReferenceSet:
@@ -387,12 +377,9 @@ class AnomalyEngine:
         full = ReferenceSet(bank, stats, relative, len(images), threshold=self._margin(relative, len(images)),
                             texture=self._new_texture(per_view, per_view[::n_views], relative))
         held_out_maps, shifts = self._held_out_levels(per_view, len(images), full, class_name, seed, views)
-        absolute = np.asarray([self.peaks(m)[0] for m in held_out_maps])
-        relative = np.asarray([self.peaks(self.relative_maps(m))[0] for m in held_out_maps]) if full.relative else absolute
-        full.peak_unit = float(relative.max())
-        if full.relative and self.map_cfg.get("relative_mix", "relative") == "both":
-            full.absolute_unit = float(absolute.max())
-        full.normal_scores = np.asarray([self.peaks(self.calibrated(m, full))[0] for m in held_out_maps])
+        peaks = np.asarray([self.peaks(self.relative_maps(m) if relative else m)[0] for m in held_out_maps])
+        full.peak_unit = float(peaks.max())
+        full.normal_scores = peaks / full.peak_unit
         if len(images) == 1:
             self._one_reference_texture(per_view[0], full)
         elif shifts.size:
