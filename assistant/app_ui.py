@@ -5,8 +5,11 @@ or API clients. Every problem reaches the user as one gr.Error line; the server 
 
 Endpoints (gradio_client):
   /ask   stateless: (image, message, references, history, class_name, threshold, max_new_tokens,
-         mm_per_pixel=0) -> (answer, result JSON, new history, overlay PNG path or None);
-         mm_per_pixel (0 = unknown) gives region sizes in millimetres
+         mm_per_pixel=0, profile="") -> (answer, result JSON, new history, overlay PNG path or None);
+         mm_per_pixel (0 = unknown) gives region sizes in millimetres; profile (a saved profile's
+         name) replaces the references
+  /save_profile  (name, references, class_name, preset) -> (status, profile choices): the uploaded
+         good images saved as a profile (assistant/profiles.py)
   /chat  what the page itself calls; the conversation is kept in the session's state
 """
 from __future__ import annotations
@@ -66,6 +69,7 @@ threshold is calibrated on them). **3.** Ask a question, e.g. *"Is there any ano
 *"How sure are you?"*. The heatmap shows where the image differs from normal; boxes mark the anomalous regions."""
 
 EMPTY_VERDICT = "<div class='verdict none'>No result yet: upload an image and ask a question.</div>"
+NO_PROFILE = "(none: the references above)"
 
 
 # -- models ---------------------------------------------------------------------------------------------
@@ -222,7 +226,17 @@ def zoom_crops(result) -> list:
     return region_crops(result.image, result.detection)
 
 
-def verdict_html(detection, seconds: float | None = None) -> str:
+def profile_choices() -> list[str]:
+    from .profiles import names
+
+    return [NO_PROFILE, *names()]
+
+
+def chosen_profile(value) -> str | None:
+    return None if value in (None, "", NO_PROFILE) else str(value)
+
+
+def verdict_html(detection, seconds: float | None = None, profile: str | None = None) -> str:
     if detection is None:
         return EMPTY_VERDICT
     bad = detection.anomalous
@@ -233,6 +247,8 @@ def verdict_html(detection, seconds: float | None = None) -> str:
             "zero-shot: the threshold is not calibrated on your parts; add a known-good reference for that")
     if detection.mode == "few-shot" and detection.threshold_estimated:
         mode += ": the threshold is estimated from one surface reference; add a second to measure it"
+    if profile:
+        mode = f"profile '{html.escape(profile)}': {mode}"
     where = ", ".join(html.escape(r.position) for r in detection.regions)
     lines = [
         f"<div class='verdict {'bad' if bad else 'ok'}' id='verdict'>",
@@ -249,13 +265,15 @@ def verdict_html(detection, seconds: float | None = None) -> str:
 
 
 # -- the app --------------------------------------------------------------------------------------------
-def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
+def build_app(models: Models, examples: list[list] | None = None, profile: str | None = None) -> gr.Blocks:
     presets = available_presets()
     if models.default_name not in presets:
         presets = [models.default_name, *presets]
 
-    def run(image, message, references, history, class_name, threshold, preset, shots, max_new_tokens, mm_per_pixel=None):
-        """One turn; raises ValueError subclasses (ImageError, EngineError, ModelLoadError) for the user."""
+    def run(image, message, references, history, class_name, threshold, preset, shots, max_new_tokens, mm_per_pixel=None,
+            profile=None):
+        """One turn; raises ValueError subclasses (ImageError, EngineError, ModelLoadError, ProfileError)
+        for the user. A chosen profile replaces the uploaded references, and its class the default one."""
         history = _check_history(history)
         threshold = check_threshold(threshold)
         refs = _paths(references)
@@ -266,8 +284,14 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
             raise ValueError(f"max new tokens must be between 1 and 1024, got {tokens}")
         if image is not None and not isinstance(image, (str, Path)):
             image = _paths([image])[0]
-        refs = load_references(refs)  # decoded here so a broken one is named by its file name
         assistant = models.get(preset)
+        profile = chosen_profile(profile)
+        if profile:
+            saved = assistant.profile(profile)
+            class_name = saved.class_name if (class_name or "object").strip() in ("", "object") else class_name
+            return assistant.chat(image, message, saved.references, history, class_name, threshold, tokens,
+                                  mm_per_pixel, defects=saved.defects)
+        refs = load_references(refs)  # decoded here so a broken one is named by its file name
         return assistant.chat(image, message, refs, history, class_name, threshold, tokens, mm_per_pixel)
 
     def guarded(fn):
@@ -281,13 +305,14 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
                 raise gr.Error(_problem(exc), print_exception=False) from None
         return wrapper
 
-    def chat(image, message, references, history, class_name, threshold, preset, shots, max_new_tokens, mm_per_pixel=None):
+    def chat(image, message, references, history, class_name, threshold, preset, shots, max_new_tokens, mm_per_pixel=None,
+             profile=None):
         """What the page calls. A problem is answered in the chat (and left out of the session's history,
         so the language model never sees it) instead of as an error overlay on every output."""
         started = time.time()
         try:
             result = run(image, message, references, history, class_name, threshold, preset, shots, max_new_tokens,
-                         mm_per_pixel)
+                         mm_per_pixel, profile)
             heatmap = result.heatmap
             overlay = _save_overlay(heatmap, image) if heatmap is not None else None
             heatmap = shown_size(heatmap)
@@ -306,16 +331,50 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
                     if overlay is not None else gr.DownloadButton(value=None, interactive=False))
         log.info("answered in %.1f s (%s)", time.time() - started,
                  "no image" if result.detection is None else f"score {result.detection.score:.4f}")
-        return (result.history, result.history, heatmap, verdict_html(result.detection, time.time() - started),
+        return (result.history, result.history, heatmap,
+                verdict_html(result.detection, time.time() - started, chosen_profile(profile)),
                 download, "", zoom_crops(result))
 
     @guarded
-    def ask(image, message, references, history, class_name, threshold, max_new_tokens, mm_per_pixel=0):
+    def ask(image, message, references, history, class_name, threshold, max_new_tokens, mm_per_pixel=0, profile=""):
         """Stateless question: pass the history returned by the previous call to continue a conversation."""
         result = run(image, message, references, history, class_name, threshold, None, None, max_new_tokens,
-                     mm_per_pixel)
+                     mm_per_pixel, profile)
         overlay = _save_overlay(result.heatmap, image) if result.heatmap is not None else None
         return result.answer, result.to_json(), result.history, overlay
+
+    @guarded
+    def save_profile(name, references, class_name, preset):
+        """The uploaded good images saved as a profile; the dropdown then offers (and selects) it."""
+        from .profiles import check_name, profile_dir
+
+        name = check_name(" ".join(str(name or "").split()))
+        good = [Path(path) for path in _paths(references)]
+        if not good:
+            raise ValueError("upload the known-good images to save as a profile first")
+        if profile_dir(name).exists():
+            raise ValueError(f"a profile named {name!r} exists; choose another name")
+        load_references([str(path) for path in good])  # a broken upload is named before anything is built
+        started = time.time()
+        info = models.get(preset).create_profile(name, good, (class_name or "object").strip() or "object")
+        status = (f"Saved profile **{html.escape(name)}** from {info['n_good_images']} good images "
+                  f"(class '{html.escape(info['class_name'])}') in {time.time() - started:.0f} s.")
+        return status, gr.Dropdown(choices=profile_choices(), value=name)
+
+    def select_profile(name):
+        """Choosing a profile shows its class; its references replace the uploaded ones."""
+        chosen = chosen_profile(name)
+        if not chosen:
+            return gr.skip(), "Using the uploaded references."
+        from .profiles import ProfileError, read_info
+
+        try:
+            info = read_info(chosen)
+        except ProfileError as exc:
+            gr.Warning(one_line(exc))
+            return gr.skip(), one_line(exc)
+        return info["class_name"], (f"Using profile **{html.escape(chosen)}**: {info['n_good_images']} good images; "
+                                    "the uploaded references are not used.")
 
     def select_preset(name):
         try:
@@ -346,6 +405,15 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
                                      file_types=["image"], height=120, elem_id="references")
                 class_name = gr.Textbox(value="object", label="Object class", max_lines=1,
                                         info="What the part is, e.g. tire, textile, metal plate", elem_id="class-name")
+                choices = profile_choices()
+                profile_pick = gr.Dropdown(choices, value=profile if profile in choices else NO_PROFILE,
+                                           label="Profile", elem_id="profile",
+                                           info="A saved product: its references and threshold, built once")
+                profile_status = gr.Markdown("", elem_id="profile-status")
+                with gr.Accordion("Save the references as a profile", open=False, elem_id="save-profile-box"):
+                    profile_name = gr.Textbox(label="Profile name", max_lines=1, elem_id="profile-name",
+                                              placeholder="e.g. tire-line-3")
+                    save_button = gr.Button("Save profile", elem_id="save-profile")
                 with gr.Accordion("Settings", open=False):
                     preset = gr.Dropdown(presets, value=models.default_name, label="Model preset",
                                          info="Presets other than the loaded one load on demand; large ones need a GPU.")
@@ -389,6 +457,7 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
             api_threshold = gr.Number(label="threshold", value=0)
             api_tokens = gr.Number(label="max_new_tokens", value=DEFAULT_TOKENS, precision=0)
             api_scale = gr.Number(label="mm_per_pixel", value=0)
+            api_profile = gr.Textbox(label="profile", value="")
             api_answer = gr.Textbox(label="answer")
             api_result = gr.JSON(label="result")
             api_new_history = gr.JSON(label="history")
@@ -396,14 +465,21 @@ def build_app(models: Models, examples: list[list] | None = None) -> gr.Blocks:
             api_button = gr.Button("ask")
 
         gr.on([send.click, message.submit], chat,
-              inputs=[image, message, references, history, class_name, threshold, preset, shots, max_tokens, scale],
+              inputs=[image, message, references, history, class_name, threshold, preset, shots, max_tokens, scale,
+                      profile_pick],
               outputs=[chatbot, history, heatmap, verdict, download, message, crops], api_name="chat").then(
             lambda shown: shown or None, inputs=crops, outputs=zoom, api_visibility="private")
         clear_btn.click(clear, outputs=[image, references, chatbot, history, heatmap, verdict, download, message, crops,
                                         zoom], api_visibility="private")
         preset.change(select_preset, inputs=preset, outputs=[preset, preset_status], api_visibility="private")
+        save_button.click(save_profile, inputs=[profile_name, references, class_name, preset],
+                          outputs=[profile_status, profile_pick], api_name="save_profile")
+        profile_pick.change(select_profile, inputs=profile_pick, outputs=[class_name, profile_status],
+                            api_visibility="private")
+        # profiles made elsewhere (the command line, another tab) since the app started
+        demo.load(lambda: gr.Dropdown(choices=profile_choices()), outputs=profile_pick, api_visibility="private")
         api_button.click(ask, inputs=[api_image, api_message, api_refs, api_history, api_class, api_threshold, api_tokens,
-                                      api_scale],
+                                      api_scale, api_profile],
                          outputs=[api_answer, api_result, api_new_history, api_overlay], api_name="ask")
     return demo
 
@@ -422,7 +498,9 @@ def serve(args) -> int:
     models = Models(args.preset, args.checkpoint, use_llm=not args.no_llm)
     log.info("models loaded in %.1f s (preset %s, language model %s, %s)", time.time() - started,
              models.default_name, "on" if models.use_llm else "off", models.device)
-    demo = build_app(models, ensure_examples())
+    if getattr(args, "profile", None):
+        models.default.profile(args.profile)  # a missing, damaged or foreign profile: one line before serving
+    demo = build_app(models, ensure_examples(), getattr(args, "profile", None))
     demo.queue(default_concurrency_limit=max(1, args.concurrency), max_size=64)
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_SIZE,

@@ -21,6 +21,7 @@ from . import answer as grounding
 from . import checkpoint, prompts
 from .config import load_preset
 from .engine import AnomalyEngine
+from .reference_set import is_built
 from .images import load_image
 from .intents import IntentClassifier
 from .question import Question, read_question
@@ -75,6 +76,7 @@ class Assistant:
         # One conversation step at a time: the caches and the model are shared by every session
         # the app serves, and two cores gain nothing from running two steps at once.
         self._lock = threading.RLock()
+        self._profiles: dict[str, tuple] = {}  # name -> (profile.json mtime, Profile)
 
     # -- loading ------------------------------------------------------------------------------
     def load(self) -> "Assistant":
@@ -99,6 +101,27 @@ class Assistant:
             self.model, self.tokenizer, self.bridge = model.eval(), tokenizer, bridge.eval()
         return self
 
+    # -- profiles -------------------------------------------------------------------------------
+    def create_profile(self, name: str, good: list[Path], class_name: str = "object", defects_dir: Path | None = None,
+                       replace: bool = False) -> dict:
+        """Build and save a profile with this assistant's engine (assistant/profiles.py), one request at a time."""
+        from . import profiles
+
+        with self._lock:
+            return profiles.create(self.engine, name, good, class_name, defects_dir, replace)
+
+    def profile(self, name: str):
+        """A saved profile loaded for this assistant's engine; loaded again only when its file changed."""
+        from . import profiles
+
+        marker = profiles.profile_dir(name) / profiles.PROFILE_FILE
+        stamp = marker.stat().st_mtime_ns if marker.is_file() else None  # None: load says it is missing
+        with self._lock:
+            cached = self._profiles.get(name)
+            if cached is None or cached[0] != stamp:
+                self._profiles[name] = (stamp, profiles.load(name, self.engine))
+            return self._profiles[name][1]
+
     # -- the conversation ---------------------------------------------------------------------
     def chat(self, image=None, message: str | None = None, references: list | None = None,
              history: list[dict] | None = None, class_name: str | None = None, threshold: float | None = None,
@@ -117,7 +140,8 @@ class Assistant:
         history = list(history or [])
         scale = check_scale(mm_per_pixel)
         picture = load_image(image) if image is not None else None
-        refs = [load_image(ref, name=f"reference {i + 1}") for i, ref in enumerate(references or [])]
+        refs = references if is_built(references) else [load_image(ref, name=f"reference {i + 1}")
+                                                         for i, ref in enumerate(references or [])]
         class_name = (class_name or "object").strip() or "object"
         intent, _ = self.intents.classify(message)
         detection = self.detect(picture, refs, class_name, threshold) if picture is not None else None
@@ -167,7 +191,7 @@ class Assistant:
         from .batch import detect_batch
 
         class_name = (class_name or "object").strip() or "object"  # as `chat` reads it, so its cache lookup finds these
-        references = list(references or [])
+        references = references if is_built(references) else list(references or [])
         with self._lock:
             detections = detect_batch(self.engine, images, references or None, class_name, threshold)
             for image, detection in zip(images, detections):
@@ -241,10 +265,14 @@ def _text_history(history: list[dict]) -> list[dict]:
             if turn.get("role") in ("user", "assistant") and isinstance(turn.get("content"), str)]
 
 
-def _key(image: Image.Image, references: list[Image.Image], class_name: str, threshold) -> str:
+def _key(image: Image.Image, references, class_name: str, threshold) -> str:
+    """Cache key of one detection: the image, the references (images, or a built set's own key), class and threshold."""
     digest = hashlib.sha1()
-    for picture in [image, *references]:
+    built = is_built(references)
+    for picture in [image, *([] if built else references)]:
         digest.update(f"{picture.size}".encode())
         digest.update(picture.tobytes())
+    if built:
+        digest.update(references.fingerprint.encode())
     digest.update(f"|{class_name}|{threshold}".encode())
     return digest.hexdigest()

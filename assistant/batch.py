@@ -15,7 +15,8 @@ from .result import Detection
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .engine import AnomalyEngine, ReferenceSet
+    from .engine import AnomalyEngine
+    from .reference_set import ReferenceSet
 
 MAX_BATCH = 16  # images per call: half of Assistant's detection cache, so a batch's answers find all of it
 
@@ -33,15 +34,17 @@ def size_groups(engine: AnomalyEngine, views: list[Image.Image]) -> list[list[in
 
 def detect_batch(engine: AnomalyEngine, images: list[Image.Image], references: list[Image.Image] | None = None,
                  class_name: str = "object", threshold: float | None = None) -> list[Detection]:
-    """`engine.detect` for each image, with the reference set built (or found in the engine's cache) once."""
+    """`engine.detect` for each image, with the reference set built (or found in the engine's cache) once;
+    `references` are normal images or a set built before (a profile's)."""
     from . import tiling
+    from .reference_set import TiledReferences
 
     if len(images) > MAX_BATCH:
         raise ValueError(f"at most {MAX_BATCH} images at once, got {len(images)}")
     detections: list[Detection | None] = [None] * len(images)
     one_view = []
     for index, image in enumerate(images):
-        if tiling.applies(engine, image):
+        if tiling.applies(engine, image) or isinstance(references, TiledReferences):
             detections[index] = engine.detect(image, references, class_name, threshold)
         else:
             one_view.append(index)
@@ -55,12 +58,12 @@ def detect_batch(engine: AnomalyEngine, images: list[Image.Image], references: l
         maps, scores = engine.assess(encoded, reference_set, class_name)
         for row, index in enumerate(group):
             detections[index] = _detection(engine, images[index], prepared[index][1], maps[row], float(scores[row]),
-                                           reference_set, len(references or []), class_name, threshold)
+                                           reference_set, class_name, threshold)
     return detections
 
 
 def _detection(engine: AnomalyEngine, image: Image.Image, box, small_map, score: float,
-               reference_set: ReferenceSet | None, n_references: int, class_name: str,
+               reference_set: ReferenceSet | None, class_name: str,
                threshold: float | None) -> Detection:
     from .engine import anomalous_regions, place_map
 
@@ -74,4 +77,4 @@ def _detection(engine: AnomalyEngine, image: Image.Image, box, small_map, score:
     return Detection(anomalous=anomalous, score=score, threshold=float(threshold), anomaly_map=full_map,
                      regions=regions, image_size=(width, height),
                      mode="few-shot" if reference_set else "zero-shot", threshold_estimated=estimated,
-                     n_references=n_references, class_name=class_name)
+                     n_references=reference_set.n_images if reference_set else 0, class_name=class_name)

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="capture changes applied to test images only: rotate, shift, scale, light, blur, jpeg, noise")
     ev.add_argument("--logical-proxy", action="store_true",
                     help="evaluate each set's logical-anomaly proxy (missing, extra, turned, recoloured pieces made from its normal test images)")
+    ev.add_argument("--profile", default=None, metavar="NAME",
+                    help="judge the test images against a saved profile (its references and threshold) instead of drawing --shots per seed")
     add_model_args(ev)
 
     matrix = sub.add_parser("matrix", help="the whole benchmark matrix: sets x shots x capture conditions -> JSON + Markdown")
@@ -90,10 +92,14 @@ def _extra_commands():
 def _run_eval(args) -> int:
     from eval.evaluate import format_table, run_evaluation
 
+    from .cli_support import check_profile
+
+    check_profile(args)
     overrides = {"encoder": {"image_size": args.image_size}} if args.image_size else None
     report = run_evaluation(args.data, args.category, args.shots, args.seeds, args.output, args.preset, args.checkpoint,
                             args.csv, args.class_name, split_defects=args.split_defects, overrides=overrides,
-                            which=args.split, perturbations=args.perturb, logical_proxy=args.logical_proxy)
+                            which=args.split, perturbations=args.perturb, logical_proxy=args.logical_proxy,
+                            profile=args.profile)
     print(format_table(report))
     if args.output:
         print(f"results written to {args.output}")

@@ -95,3 +95,42 @@ def load_defects(folder: Path | None):
     from .defect_kinds import DefectExamples
 
     return DefectExamples.from_folder(folder)
+
+
+def add_profile_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default=None, metavar="NAME",
+                        help="a saved profile (anomaly-assistant profile create) in place of --reference images: its "
+                             "bank, threshold, class and defect examples; a profile folder's path also works")
+
+
+def check_profile(args) -> dict | None:
+    """The profile's profile.json, checked against --preset before any model loads (None without --profile)."""
+    if getattr(args, "profile", None) is None:
+        return None
+    from .config import load_preset
+    from .profiles import check_compatible, read_info
+
+    if getattr(args, "reference", None):
+        raise ValueError("give --reference images or --profile, not both")
+    info = read_info(args.profile)
+    check_compatible(info, load_preset(args.preset))
+    return info
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Every image under `folder` (recursive, sorted by relative path), or a one-line error."""
+    from .data.datasets import IMAGE_SUFFIXES, is_image_file
+
+    if not folder.exists():
+        raise ValueError(f"{folder}: folder not found")
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a folder")
+    files = sorted((p for p in folder.rglob("*") if is_image_file(p)), key=lambda p: p.relative_to(folder).as_posix())
+    if not files:
+        raise ValueError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, recursively)")
+    return files
+
+
+def class_name_of(args, profile_info: dict | None) -> str:
+    """--class-name, else the profile's class, else "object"."""
+    return (args.class_name or (profile_info or {}).get("class_name") or "object").strip() or "object"

@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from .cli_support import add_model_args, check_threshold, load_assistant, load_defects, load_references, png_bytes
+from .cli_support import (add_model_args, add_profile_arg, check_profile, check_threshold, class_name_of, load_assistant,
+                          load_defects, load_references, png_bytes)
 
 log = logging.getLogger("assistant.cli")
 
@@ -27,11 +28,12 @@ def register_ask(sub) -> None:
     parser.add_argument("--reference", "-r", action="append", default=[], metavar="REF",
                         help="known-good reference image of the same part (repeatable)")
     parser.add_argument("--question", "-q", default=None, help="question (default: 'Is there any anomaly in the image?')")
-    parser.add_argument("--class-name", default="object", help="what the object is, e.g. tire (default: object)")
+    parser.add_argument("--class-name", default=None, help="what the object is, e.g. tire (default: the profile's, else object)")
     parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: calibrated on the references)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (answer, anomalous, score, threshold, regions)")
     parser.add_argument("--heatmap", type=Path, default=None, metavar="PATH", help="write the heatmap overlay PNG here")
     parser.add_argument("--max-new-tokens", type=int, default=60, help="LLM answer length limit (default: 60)")
+    add_profile_arg(parser)
     add_defects_arg(parser)
     add_model_args(parser)
     parser.set_defaults(handler=run_ask)
@@ -55,6 +57,7 @@ def run_ask(args) -> int:
     query = load_image(args.image)
     references = load_references(args.reference)
     defects = load_defects(args.defects)
+    profile_info = check_profile(args)
 
     from .checkpoint import atomic_write_bytes  # imports torch: only once the input is known to be good
 
@@ -63,7 +66,12 @@ def run_ask(args) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         assistant = load_assistant(args.preset, args.checkpoint, use_llm=not args.no_llm)
         log.info("models loaded in %.1f s", time.time() - started)
-        result = assistant.chat(query, args.question, references, class_name=args.class_name,
+        if profile_info is not None:
+            from .profiles import load
+
+            profile = load(args.profile, assistant.engine)
+            references, defects = profile.references, defects or profile.defects
+        result = assistant.chat(query, args.question, references, class_name=class_name_of(args, profile_info),
                                 threshold=threshold, max_new_tokens=args.max_new_tokens, defects=defects)
         if args.heatmap is not None and result.heatmap is not None:
             atomic_write_bytes(args.heatmap, png_bytes(result.heatmap))
@@ -89,7 +97,7 @@ def register_inspect(sub) -> None:
     parser.add_argument("folder", help="folder of images (searched recursively)")
     parser.add_argument("--reference", "-r", action="append", default=[], metavar="REF",
                         help="known-good reference image (repeatable); without one the trained text map is needed")
-    parser.add_argument("--class-name", default="object", help="what the objects are, e.g. tire (default: object)")
+    parser.add_argument("--class-name", default=None, help="what the objects are, e.g. tire (default: the profile's, else object)")
     parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: calibrated)")
     parser.add_argument("--out", required=True, type=Path, help="output folder for report.csv, report.html and overlays")
     parser.add_argument("--max-new-tokens", type=int, default=40, help="LLM answer length limit (default: 40)")
@@ -102,6 +110,7 @@ def register_inspect(sub) -> None:
                         help="with --cluster: the scheduler, e.g. tcp://10.0.0.5:8786 (default: start a local cluster)")
     parser.add_argument("--workers", type=int, default=2,
                         help="with --cluster and no --address: local worker processes, one thread each (default: 2)")
+    add_profile_arg(parser)
     add_defects_arg(parser)
     add_model_args(parser)
     parser.set_defaults(handler=_run_inspect)
@@ -125,6 +134,7 @@ def add_app_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link (off by default)")
     parser.add_argument("--concurrency", type=int, default=2, help="requests processed at the same time (default: 2)")
+    parser.add_argument("--profile", default=None, metavar="NAME", help="the profile chosen when the page opens")
     add_model_args(parser)
 
 
@@ -175,6 +185,16 @@ def register_export(sub) -> None:
 
 
 REGISTRY.append(register_export)
+
+
+# -- profile ------------------------------------------------------------------------------------------
+def register_profile(sub) -> None:
+    from .profile_cmd import add_profile_command
+
+    add_profile_command(sub)
+
+
+REGISTRY.append(register_profile)
 
 
 # -- eval-kinds ---------------------------------------------------------------------------------------

@@ -407,13 +407,20 @@ class DefectExamples:
     def count(self, kind: str) -> int:
         return sum(loaded.example.kind == kind for loaded in self.examples)
 
-    def matcher(self, engine, references: list[Image.Image] | None = None, class_name: str = "object") -> KindMatcher:
+    @property
+    def labels(self) -> list[str]:
+        return [loaded.example.kind for loaded in self.examples]
+
+    def descriptors(self, engine, references=None, class_name: str = "object") -> list[dict[str, np.ndarray]]:
+        """Each example's feature blocks (what a profile stores in place of the images)."""
+        return [describe(engine, loaded.image, self._region(engine, loaded, references, class_name),
+                         exact=loaded.mask is not None) for loaded in self.examples]
+
+    def matcher(self, engine, references=None, class_name: str = "object") -> KindMatcher:
         masked = all(loaded.mask is not None for loaded in self.examples)
-        key = (id(engine), None if masked else _fingerprint(references or [], class_name))
+        key = (id(engine), None if masked else _fingerprint(references, class_name))
         if key not in self._matchers:
-            descriptors = [describe(engine, loaded.image, self._region(engine, loaded, references, class_name),
-                                    exact=loaded.mask is not None) for loaded in self.examples]
-            self._matchers = {key: KindMatcher(descriptors, [loaded.example.kind for loaded in self.examples])}
+            self._matchers = {key: KindMatcher(self.descriptors(engine, references, class_name), self.labels)}
         return self._matchers[key]
 
     @staticmethod
@@ -422,19 +429,54 @@ class DefectExamples:
             return loaded.mask
         return strongest_region_mask(engine.detect(loaded.image, references or None, class_name))
 
-    def classify(self, engine, image: Image.Image, detection: Detection, references: list[Image.Image] | None = None,
+    def classify(self, engine, image: Image.Image, detection: Detection, references=None,
                  class_name: str = "object") -> list[KindMatch]:
         """One match per region of an anomalous detection of `image` (none for a normal one)."""
-        if not detection.anomalous or not detection.regions:
-            return []
-        matcher = self.matcher(engine, references, class_name)
-        view = encode_view(engine, image)
-        return matcher.match_many([describe(engine, image, mask, view, exact=False) for mask in region_masks(detection)])
+        return classify_regions(self.matcher(engine, references, class_name), engine, image, detection)
 
 
-def _fingerprint(images: list[Image.Image], class_name: str) -> str:
+@dataclass
+class DescribedDefects:
+    """Defect examples already described (a profile's): their kinds and feature blocks, no images."""
+
+    described: list[dict[str, np.ndarray]]
+    labels: list[str]
+    _matcher: KindMatcher | None = field(default=None, repr=False)
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(set(self.labels))
+
+    def count(self, kind: str) -> int:
+        return self.labels.count(kind)
+
+    def matcher(self, engine=None, references=None, class_name: str = "object") -> KindMatcher:
+        if self._matcher is None:
+            self._matcher = KindMatcher(self.described, self.labels)
+        return self._matcher
+
+    def classify(self, engine, image: Image.Image, detection: Detection, references=None,
+                 class_name: str = "object") -> list[KindMatch]:
+        return classify_regions(self.matcher(), engine, image, detection)
+
+
+def classify_regions(matcher: KindMatcher, engine, image: Image.Image, detection: Detection) -> list[KindMatch]:
+    """One match per region of an anomalous detection of `image` (none for a normal one)."""
+    if not detection.anomalous or not detection.regions:
+        return []
+    view = encode_view(engine, image)
+    return matcher.match_many([describe(engine, image, mask, view, exact=False) for mask in region_masks(detection)])
+
+
+def _fingerprint(references, class_name: str) -> str:
+    """Key of the references an example's region was found against: their images, or a built set's own key."""
+    from .reference_set import is_built  # torch: not needed to read the examples
+
     digest = hashlib.sha1(class_name.encode())
-    for image in images:
+    if is_built(references):
+        digest.update(references.fingerprint.encode())
+        return digest.hexdigest()
+    for image in references or []:
         digest.update(f"{image.size}{image.mode}".encode())
         digest.update(image.tobytes())
     return digest.hexdigest()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,37 +23,10 @@ from .maps.global_stats import GlobalStats
 from .maps.memory_bank import MemoryBank, augment
 from .maps.text_map import TextMap
 from .maps.texture_map import TextureBank
+from .reference_set import ReferenceSet, TiledReferences, estimates_threshold
 from .result import Detection, EngineError, Region
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ReferenceSet:
-    """Normal references turned into a memory bank plus a label-free threshold."""
-
-    bank: MemoryBank
-    stats: GlobalStats | None
-    relative: bool  # maps in units of their own mean level (objects on a plain background)
-    n_images: int
-    peak_unit: float = 1.0  # highest raw (relative sets: relative) map peak of a held-out normal view
-    global_unit: float = 1.0  # texture-statistics unit: largest held-out normal shift (one reference: its tile spread)
-    texture_normal: float = 1.0  # shift, in global units, up to which texture counts as normal
-    normal_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # held-out map peaks / peak_unit
-    threshold: float = 1.0
-    texture: TextureBank | None = None  # window statistics of surface references (objects: None)
-
-    @property
-    def threshold_estimated(self) -> bool:
-        return estimates_threshold(self.relative, self.n_images)
-
-
-def estimates_threshold(relative: bool, n_images: int) -> bool:
-    """One reference of a surface: its flipped views show geometry changes but not part-to-part
-    changes of tone or finish, so its threshold is a margin on top of them, a guess; a second image
-    (leave-one-out) or a relative map (objects, whose flips differ about as much as two photos of
-    normal parts) gives a measured one."""
-    return n_images == 1 and not relative
 
 
 class AnomalyEngine:
@@ -274,15 +247,19 @@ class AnomalyEngine:
         return (self.relative_maps(maps) if references.relative else maps) / references.peak_unit
 
     # -- references and threshold -------------------------------------------------------------
-    def references(self, images: list[Image.Image], class_name: str = "object", seed: int = 0) -> ReferenceSet:
-        """Memory bank and label-free threshold for a set of normal images (cached by content)."""
+    def references(self, images: list[Image.Image] | ReferenceSet, class_name: str = "object",
+                   seed: int = 0) -> ReferenceSet:
+        """Memory bank and label-free threshold for a set of normal images (cached by content); a set
+        already built (a profile's) is used as it is."""
+        if isinstance(images, ReferenceSet):
+            return images
         if not images:
             raise EngineError("no reference images given")
         key = _fingerprint(images) + f"|{class_name}|{seed}"
         if key not in self._reference_cache:
             if len(self._reference_cache) >= 16:
                 self._reference_cache.pop(next(iter(self._reference_cache)))
-            self._reference_cache[key] = self._build_references(images, class_name, seed)
+            self._reference_cache[key] = replace(self._build_references(images, class_name, seed), fingerprint=key)
         return self._reference_cache[key]
 
     def reference_views(self, n_images: int, relative: bool) -> tuple[list[str], int]:
@@ -426,11 +403,13 @@ class AnomalyEngine:
         return float(self.threshold_cfg.get("zero_shot", 0.5))
 
     # -- the one call the assistant uses ------------------------------------------------------
-    def detect(self, image: Image.Image, references: list[Image.Image] | None = None, class_name: str = "object",
+    def detect(self, image: Image.Image, references=None, class_name: str = "object",
                threshold: float | None = None) -> Detection:
+        """Judge `image` against `references`: normal images, or a set built from them before
+        (a ReferenceSet, or tiling's TiledReferences; profiles hold one of these)."""
         from . import tiling  # imports this module
 
-        if tiling.applies(self, image):  # larger than one view, or a strip: scored in tiles
+        if tiling.applies(self, image) or isinstance(references, TiledReferences):
             return tiling.detect(self, image, references, class_name, threshold)
         view, box = self.prepare(image)
         encoded = self.encode([view])
@@ -447,7 +426,7 @@ class AnomalyEngine:
         return Detection(anomalous=anomalous, score=score, threshold=float(threshold), anomaly_map=full_map,
                          regions=regions, image_size=(width, height),
                          mode="few-shot" if reference_set else "zero-shot", threshold_estimated=estimated,
-                         n_references=len(references or []), class_name=class_name)
+                         n_references=reference_set.n_images if reference_set else 0, class_name=class_name)
 
 
 def _row(levels: list[torch.Tensor] | None, index: int) -> list[torch.Tensor] | None:

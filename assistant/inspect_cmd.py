@@ -15,23 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from .cli_support import check_threshold, load_assistant, load_defects, load_references, one_line
-from .data.datasets import IMAGE_SUFFIXES, is_image_file
+from .cli_support import check_profile, check_threshold, class_name_of, find_images, load_assistant, load_defects, load_references, one_line
 from .inspect_pipeline import CSV_COLUMNS, Row
+from .profiles import profile_dir
 from .report_html import render_report
 
 log = logging.getLogger("assistant.inspect")
-
-def find_images(folder: Path) -> list[Path]:
-    if not folder.exists():
-        raise ValueError(f"{folder}: folder not found")
-    if not folder.is_dir():
-        raise ValueError(f"{folder}: not a folder")
-    files = sorted((p for p in folder.rglob("*") if is_image_file(p)), key=lambda p: p.relative_to(folder).as_posix())
-    if not files:
-        raise ValueError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, recursively)")
-    return files
-
 
 def run_inspect(args) -> int:
     from tqdm import tqdm
@@ -48,8 +37,12 @@ def run_inspect(args) -> int:
         raise ValueError(f"--out {out}: exists and is not a folder")
     references = load_references(args.reference)
     defects = load_defects(args.defects)
+    profile_info = check_profile(args)
+    class_name = class_name_of(args, profile_info)
     out.mkdir(parents=True, exist_ok=True)
-    job = InspectJob(args.class_name, threshold, args.max_new_tokens, references, defects)
+    # workers find the profile by its folder: their $ANOMALY_ASSISTANT_HOME may differ from this one
+    job = InspectJob(class_name, threshold, args.max_new_tokens, references, defects,
+                     str(profile_dir(args.profile).resolve()) if profile_info else None)
 
     started = time.time()
     rows: list[Row] = []
@@ -72,7 +65,8 @@ def run_inspect(args) -> int:
         inspect_seconds = time.time() - inspecting
 
     summary = {
-        "folder": str(folder), "class_name": args.class_name, "references": [str(r) for r in args.reference],
+        "folder": str(folder), "class_name": class_name, "references": [str(r) for r in args.reference],
+        "profile": args.profile,
         "total": len(files), "done": len(rows), "interrupted": interrupted,
         "seconds": round(time.time() - started, 1), "llm": not args.no_llm,
         "preset": inspector.preset_name,

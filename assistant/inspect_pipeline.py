@@ -69,8 +69,9 @@ class InspectJob:
     class_name: str
     threshold: float | None
     max_new_tokens: int
-    references: list[Image.Image]
+    references: list[Image.Image]  # or, once `warm_references` loaded `profile`, its built set
     defects: object | None = None  # defect_kinds.DefectExamples, the user's labelled examples
+    profile: str | None = None  # a profile's name or folder, loaded by each process that inspects
 
 
 @dataclass
@@ -94,8 +95,14 @@ class Inspected:
 
 def warm_references(assistant, job: InspectJob) -> None:
     """Build the job's reference set (bank and threshold) now, once per process: every image finds it
-    in the engine's cache, and the time it takes is not counted as inspection."""
-    if job.references:
+    in the engine's cache, and the time it takes is not counted as inspection. A profile is loaded
+    here instead (its set is built already), with its defect examples unless the job has its own."""
+    if job.profile is not None:
+        from .profiles import load
+
+        profile = load(job.profile, assistant.engine)
+        job.references, job.defects = profile.references, job.defects or profile.defects
+    elif job.references:
         class_name = (job.class_name or "object").strip() or "object"  # as `Assistant.chat` reads it
         assistant.engine.references(job.references, class_name)
 

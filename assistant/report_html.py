@@ -120,6 +120,8 @@ def render_report(rows: list, summary: dict) -> str:
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     refs = summary.get("references") or []
     mode = f"{len(refs)} reference image{'s' if len(refs) != 1 else ''}" if refs else "zero-shot (no references)"
+    if summary.get("profile"):
+        mode = f"profile {summary['profile']}"
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",

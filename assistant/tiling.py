@@ -36,10 +36,11 @@ from PIL import Image
 from .config import deep_merge
 from .images import MAX_ASPECT
 from .maps.anomaly_map import find_regions, place_map, position_word, to_image_size
+from .reference_set import ReferenceSet, TiledReferences
 from .result import Detection, EngineError, Region
 
 if TYPE_CHECKING:
-    from .engine import AnomalyEngine, ReferenceSet
+    from .engine import AnomalyEngine
 
 log = logging.getLogger(__name__)
 
@@ -174,27 +175,6 @@ def tile_engine(engine: AnomalyEngine) -> AnomalyEngine:
     return view
 
 
-@dataclass
-class TiledReferences:
-    """A reference set made of the tiles of the normal images, and the working scale it was cut at
-    (queries are cut at the same scale, so their patches compare with patches of the same size)."""
-
-    references: ReferenceSet
-    scale: float
-    n_images: int
-    n_tiles: int
-
-    @property
-    def threshold(self) -> float:
-        return self.references.threshold
-
-    @property
-    def threshold_estimated(self) -> bool:
-        """One image: its tiles were held out from each other, which shows how its regions differ,
-        not how two parts do."""
-        return self.n_images == 1
-
-
 def reference_tiles(engine: AnomalyEngine, images: list[Image.Image], scale: float,
                     settings: TilingSettings) -> list[Image.Image]:
     tiles = []
@@ -208,7 +188,13 @@ def references(engine: AnomalyEngine, images: list[Image.Image], class_name: str
                scale: float = 1.0) -> TiledReferences:
     """Bank and threshold from every tile of the normal `images`. The engine holds tiles out in
     folds as it holds out reference images, so the threshold is the highest peak a normal tile
-    reached against a bank without it."""
+    reached against a bank without it. A set already built (a profile's) is used as it is, at its
+    own scale; one built for one-view scoring cannot score tiles."""
+    if isinstance(images, TiledReferences):
+        return images
+    if isinstance(images, ReferenceSet):
+        raise EngineError(f"this image needs tiles (longer than {settings_of(engine).max_side} px, or a strip) and the "
+                          "profile was made from images scored in one view: make a profile from images of this size")
     if not images:
         raise EngineError("no reference images given")
     tiles = reference_tiles(engine, images, scale, settings_of(engine))
@@ -306,13 +292,14 @@ def regions(tiled: TiledMap, full: np.ndarray, threshold: float) -> list[Region]
     return found or find_regions(full, float(np.quantile(full, 0.995)), min_area_fraction=fraction)[:1]
 
 
-def detect(engine: AnomalyEngine, image: Image.Image, reference_images: list[Image.Image] | None = None,
+def detect(engine: AnomalyEngine, image: Image.Image, reference_images=None,
            class_name: str = "object", threshold: float | None = None) -> Detection:
     """`AnomalyEngine.detect` for a large image or a strip: the same Detection, made from tiles."""
     settings = settings_of(engine)
     prepared = engine.prepare(image)
     scale = work_scale(prepared[0].size, settings)
     tiled_refs = references(engine, reference_images, class_name, 0, scale) if reference_images else None
+    scale = tiled_refs.scale if tiled_refs else scale
     tiled = assess(engine, image, tiled_refs, class_name, scale, prepared)
     estimated = threshold is None and (tiled_refs is None or tiled_refs.threshold_estimated)
     if threshold is None:
@@ -324,4 +311,4 @@ def detect(engine: AnomalyEngine, image: Image.Image, reference_images: list[Ima
     return Detection(anomalous=anomalous, score=tiled.score, threshold=float(threshold), anomaly_map=full,
                      regions=regions(tiled, full, float(threshold)) if anomalous else [],
                      image_size=image.size, mode="few-shot" if tiled_refs else "zero-shot",
-                     threshold_estimated=estimated, n_references=len(reference_images or []), class_name=class_name)
+                     threshold_estimated=estimated, n_references=tiled_refs.n_images if tiled_refs else 0, class_name=class_name)

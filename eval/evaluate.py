@@ -103,12 +103,16 @@ def pixel_arrays(tests: list[EncodedTest], maps: list[np.ndarray]) -> tuple[list
 
 def evaluate_split(engine: AnomalyEngine, split: Split, shots: int, seeds: list[int], class_name: str,
                    batch_size: int = 8, progress: bool = True, csv_rows: list | None = None,
-                   split_defects: bool = False, perturbations: list[str] | None = None) -> dict[str, dict]:
-    if is_tiled(engine, split):  # large images and strips: scored in tiles, as `detect` scores them
+                   split_defects: bool = False, perturbations: list[str] | None = None,
+                   fixed_references=None) -> dict[str, dict]:
+    """Metrics of the split's test images against `shots` references drawn per seed, or against
+    `fixed_references` (a profile's built set) for every seed."""
+    if is_tiled(engine, split) or isinstance(fixed_references, tiling.TiledReferences):
         return evaluate_tiled_split(engine, split, shots, seeds, class_name, progress, csv_rows, split_defects,
-                                    perturbations)
+                                    perturbations, fixed_references)
     tests = encode_tests(engine, split, class_name, batch_size, progress, perturbations)
-    return score_tests(engine, split, tests, shots, seeds, class_name, progress, csv_rows, split_defects)
+    return score_tests(engine, split, tests, shots, seeds, class_name, progress, csv_rows, split_defects,
+                       fixed_references)
 
 
 def is_tiled(engine: AnomalyEngine, split: Split) -> bool:
@@ -129,16 +133,16 @@ def reference_scale(engine: AnomalyEngine, images: list[Image.Image]) -> float:
 
 def evaluate_tiled_split(engine: AnomalyEngine, split: Split, shots: int, seeds: list[int], class_name: str,
                          progress: bool = True, csv_rows: list | None = None, split_defects: bool = False,
-                         perturbations: list[str] | None = None) -> dict[str, dict]:
+                         perturbations: list[str] | None = None, fixed_references=None) -> dict[str, dict]:
     """The metrics `evaluate.score_tests` reports, with every image of the set scored in tiles (an
     image smaller than a tile is one tile)."""
     mode = tiling.settings_of(engine).stitch
     per_seed: dict[str, list[dict]] = {}
     ms, reference_seconds = [], []
     for seed in seeds:
-        references = None
+        references = fixed_references
         began = time.perf_counter()
-        if shots:
+        if shots and references is None:
             images = [open_image(p) for p in draw_references(split, shots, seed)]
             references = tiling.references(engine, images, class_name, seed, reference_scale(engine, images))
         if references is not None:
@@ -161,13 +165,14 @@ def evaluate_tiled_split(engine: AnomalyEngine, split: Split, shots: int, seeds:
 
 def score_tests(engine: AnomalyEngine, split: Split, tests: list[EncodedTest], shots: int, seeds: list[int],
                 class_name: str, progress: bool = True, csv_rows: list | None = None,
-                split_defects: bool = False) -> dict[str, dict]:
+                split_defects: bool = False, fixed_references=None) -> dict[str, dict]:
     """Metrics of encoded test images against K references per seed (encoding is shared by every
     number of shots, so a benchmark matrix encodes each set once per capture condition)."""
     per_seed: dict[str, list[dict]] = {}
     ms = []
     for seed in tqdm(seeds, desc=f"{split.name}: seeds", disable=not progress, leave=False):
-        references = (engine.references([open_image(p) for p in draw_references(split, shots, seed)], class_name, seed)
+        references = (fixed_references if fixed_references is not None else
+                      engine.references([open_image(p) for p in draw_references(split, shots, seed)], class_name, seed)
                       if shots else None)
         threshold = references.threshold if references else engine.zero_shot_threshold()
         began = time.perf_counter()
@@ -273,8 +278,10 @@ def run_evaluation(data: str, categories: list[str] | None, shots: int, seeds: i
                    class_name: str | None = None, batch_size: int = 8, split_defects: bool = False,
                    overrides: dict | None = None, progress: bool | None = None, which: str = "all",
                    perturbations: list[str] | None = None, logical_proxy: bool = False,
-                   engine: AnomalyEngine | None = None) -> dict:
-    """Evaluate every set under `data` (see `evaluation_splits`); `engine` reuses a loaded one."""
+                   engine: AnomalyEngine | None = None, profile: str | None = None) -> dict:
+    """Evaluate every set under `data` (see `evaluation_splits`); `engine` reuses a loaded one. With
+    `profile`, every set is judged against that profile's references (its bank and threshold, one
+    seed), as `inspect --profile` would judge it."""
     from assistant.config import load_preset
 
     if shots < 0:
@@ -286,17 +293,23 @@ def run_evaluation(data: str, categories: list[str] | None, shots: int, seeds: i
     progress = sys.stderr.isatty() if progress is None else progress
     config = engine.preset if engine else load_preset(preset, overrides)
     engine = engine or AnomalyEngine(config, checkpoint_dir)
+    fixed = None
+    if profile is not None:
+        from assistant.profiles import load
+
+        loaded = load(profile, engine)
+        fixed, shots, seeds, class_name = loaded.references, loaded.info["n_good_images"], 1, class_name or loaded.class_name
     seed_list = list(range(seeds))
     csv_rows: list | None = [] if csv_path else None
     results = {}
     for split in splits:
         name = class_name or base_category(split.name).replace("_", " ")
         results.update(evaluate_split(engine, split, shots, seed_list, name, batch_size, progress, csv_rows,
-                                      split_defects, perturbations))
+                                      split_defects, perturbations, fixed))
     report = {
         "config": {
             "data": str(data), "categories": [s.name for s in splits], "shots": shots, "seeds": seed_list,
-            "split": which, "perturbations": perturbations, "logical_proxy": logical_proxy,
+            "split": which, "perturbations": perturbations, "logical_proxy": logical_proxy, "profile": profile,
             "preset": config.get("name", str(preset)), "encoder": config["encoder"], "memory_bank": config["memory_bank"],
             "anomaly_map": config["anomaly_map"], "threshold": config.get("threshold"),
             "text_map_trained": engine.text_map.trained,

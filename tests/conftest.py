@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 APP_START_TIMEOUT_S = 420
+# Profiles the tests make (and the app and CLI subprocesses, which inherit this) stay out of the user's folder.
+os.environ["ANOMALY_ASSISTANT_HOME"] = tempfile.mkdtemp(prefix="anomaly-assistant-tests-")
 
 
 def free_port() -> int:

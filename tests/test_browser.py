@@ -84,3 +84,34 @@ def test_upload_ask_and_see_answer_and_heatmap(browser, app_server, tire_dir, tm
     assert "broken.png: not a readable image" in chat.inner_text()
     assert not errors, errors
     page.close()
+
+
+def test_save_the_uploaded_references_as_a_profile_and_ask_with_it(browser, app_server, tire_dir):
+    """The good images uploaded as references become a named profile; asked with it selected, the
+    verdict says the profile judged the image, and the profile is on disk for the command line."""
+    from assistant import profiles
+
+    query, reference = _pick_images(tire_dir)
+    page = browser.new_page(viewport={"width": 1440, "height": 1100})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(app_server.url)
+    page.locator("#send").wait_for(timeout=60_000)
+    page.locator("#references input[type=file]").set_input_files([str(reference)])
+    page.locator("#references").get_by_text(reference.name).first.wait_for(timeout=30_000)
+    page.locator("#class-name textarea, #class-name input").first.fill("tire")
+    page.locator("#save-profile-box").get_by_text("Save the references as a profile").first.click()
+    page.locator("#profile-name textarea, #profile-name input").first.fill("tire-browser")
+    page.locator("#save-profile").click()
+    page.locator("#profile-status").get_by_text("tire-browser").first.wait_for(timeout=ANSWER_TIMEOUT_MS)
+    assert "tire-browser" in profiles.names()
+    assert page.locator("#profile input").first.input_value() == "tire-browser"
+
+    page.locator("#query-image input[type=file]").set_input_files(str(query))
+    page.locator("#message textarea").fill("Is there any anomaly in this tire?")
+    page.locator("#send").click()
+    verdict = page.locator("#verdict")
+    verdict.wait_for(timeout=ANSWER_TIMEOUT_MS)
+    assert "profile 'tire-browser'" in verdict.inner_text() and "1 reference" in verdict.inner_text()
+    assert not errors, errors
+    page.close()

@@ -139,6 +139,7 @@ def test_eval_reports_splits_perturbations_and_the_logical_proxy(tmp_path, monke
     assert bad.returncode == 2 and "unknown perturbation" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow  # about 4 minutes: every set x shots x condition of a small set, with turned reference views
 def test_matrix_writes_json_and_a_markdown_table(tmp_path, monkeypatch):
     data = small_mvtec(tmp_path)
     monkeypatch.setenv("ANOMALY_ASSISTANT_CACHE", str(tmp_path / "cache"))

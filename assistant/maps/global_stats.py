@@ -55,6 +55,19 @@ class GlobalStats:
                                     torch.cat([s.flatten(0, 1) for _, s in stats])))
         return self
 
+    def state(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {}
+        for index, (mean, std) in enumerate(self.references):
+            tensors[f"{prefix}{index}.mean"], tensors[f"{prefix}{index}.std"] = mean, std
+        return tensors, {"levels": self.levels, "grid": self.grid, "border": self.border}
+
+    @classmethod
+    def restore(cls, tensors: dict[str, torch.Tensor], meta: dict, prefix: str, device="cpu") -> "GlobalStats":
+        stats = cls(list(meta["levels"]), int(meta["grid"]), int(meta["border"]))
+        stats.references = [(tensors[f"{prefix}{index}.mean"].to(device), tensors[f"{prefix}{index}.std"].to(device))
+                            for index in range(len(stats.levels))]
+        return stats
+
     def distance(self, levels: list[torch.Tensor]) -> torch.Tensor:
         """B distances: mean over levels and query tiles of the shift to the closest reference tile."""
         per_level = []

@@ -163,6 +163,7 @@ class MemoryBank:
         if cover not in COVERS:
             raise ValueError(f"unknown memory-bank cover {cover!r}; choose {' or '.join(COVERS)}")
         self.cover = COVERS[cover]
+        self.cover_name = cover
         self.levels = levels
         self.precision = precision
         self.pool = pool
@@ -192,6 +193,33 @@ class MemoryBank:
             for level in self.levels
         ]
         return self
+
+    def state(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
+        """Tensors and settings that `restore` rebuilds this bank from (a profile's bank)."""
+        meta = {"levels": self.levels, "pool": self.pool, "augmentations": self.augmentations,
+                "max_patches": self.max_patches, "seed": self.seed, "self_radius": self.self_radius,
+                "precision": self.precision, "cover": self.cover_name, "pose_views": self.pose_views,
+                "image_of_view": self.image_of_view, "n_views": len(self.view_banks)}
+        tensors = {f"{prefix}{level}": bank for level, bank in enumerate(self.banks)}
+        tensors.update({f"{prefix}view{view}.{level}": bank
+                        for view, banks in enumerate(self.view_banks) for level, bank in enumerate(banks)})
+        return tensors, meta
+
+    @classmethod
+    def restore(cls, tensors: dict[str, torch.Tensor], meta: dict, prefix: str, device="cpu") -> "MemoryBank":
+        bank = cls(list(meta["levels"]), int(meta["pool"]), list(meta["augmentations"]), int(meta["max_patches"]),
+                   int(meta["seed"]), int(meta["self_radius"]), str(meta["precision"]), str(meta["cover"]),
+                   int(meta["pose_views"]))
+        dtype = similarity_dtype(bank.precision, torch.device(device))  # this machine's, not the maker's
+        n_levels = len(bank.levels)
+        if bank.pose_views > 0:
+            bank.view_banks = [[tensors[f"{prefix}view{view}.{level}"].to(device, dtype) for level in range(n_levels)]
+                               for view in range(int(meta["n_views"]))]
+            bank.view_keys = [banks[-1] for banks in bank.view_banks]
+            bank.image_of_view = [int(owner) for owner in meta["image_of_view"]]
+        else:
+            bank.banks = [tensors[f"{prefix}{level}"].to(device, dtype) for level in range(n_levels)]
+        return bank
 
     def choose_views(self, key: torch.Tensor) -> list[int]:
         """Views of each reference image whose patches the query's `key` patches (N x C, the

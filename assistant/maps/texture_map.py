@@ -66,6 +66,18 @@ class TextureBank:
         self.unit = max(sum(finite) / len(finite), 1e-6) if finite else 1.0
         return self
 
+    def state(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
+        return ({f"{prefix}scale": self.scale, f"{prefix}bank": self.bank},
+                {"level": self.level, "window": self.window, "max_windows": self.max_windows,
+                 "query_stride": self.query_stride, "unit": self.unit})
+
+    @classmethod
+    def restore(cls, tensors: dict[str, torch.Tensor], meta: dict, prefix: str, device="cpu") -> "TextureBank":
+        texture = cls(int(meta["level"]), int(meta["window"]), int(meta["max_windows"]), int(meta["query_stride"]))
+        texture.scale, texture.bank = tensors[f"{prefix}scale"].to(device), tensors[f"{prefix}bank"].to(device)
+        texture.unit = float(meta["unit"])
+        return texture
+
     def _windows(self, views: list[list[torch.Tensor]]) -> torch.Tensor:
         bank = torch.cat([rows(window_stats(view[self.level], self.window)) for view in views])
         return random_subset(bank, self.max_windows)
