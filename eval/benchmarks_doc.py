@@ -307,6 +307,61 @@ def matrix_section(name: str, data: dict) -> list[str]:
     return lines
 
 
+PROFILE_FILE = "profile_benchmark.json"
+MOSAIC_SUFFIX = "_mosaic_compare.json"
+
+
+def profile_section(data: dict) -> list[str]:
+    """`eval/profile_benchmark.py`: a profile of many good images, and a 4096 x 3000 image."""
+    rows = [["good images in the profile", str(data.get("good_images"))],
+            ["profile create", f"{data.get('profile_create_s')} s"],
+            ["profile load (beyond model loading)", f"{data.get('profile_load_s')} s"],
+            ["profile size on disk", f"{data.get('profile_bytes', 0) / 1e6:.1f} MB"],
+            ["detect with the profile, median", f"{data.get('detect_with_profile_ms')} ms"],
+            ["largest score difference, profile vs its images", f"{data.get('max_score_diff')}"]]
+    if data.get("large_size"):
+        width, height = data["large_size"]
+        rows += [[f"{width} x {height} image: one-image profile create ({data.get('large_tiles')} tiles)",
+                  f"{data.get('large_profile_create_s')} s"],
+                 [f"{width} x {height} image: detect with that profile, median of 2", f"{data.get('large_detect_s')} s"]]
+    return (["## Profiles and large images", "",
+             f"- command: `{data.get('command', 'python -m eval.profile_benchmark')}`",
+             f"- data: `{data.get('data')}`; machine: {machine(data)}", ""]
+            + _table(["figure", "value"], rows) + [""])
+
+
+def mosaic_section(name: str, data: dict) -> list[str]:
+    """`eval/mosaic_compare.py`: mosaics scored in tiles against the same cells scored one at a time."""
+    lines = [f"### {name[:-len(MOSAIC_SUFFIX)]} mosaics: tiled vs one cell at a time", "",
+             f"- command: `{data.get('command', 'python -m eval.mosaic_compare')}`; run: `docs/eval/{name}`",
+             f"- machine: {machine(data)}", ""]
+    rows = []
+    for result in data.get("results", []):
+        image, pixel = result.get("image_auroc", {}), result.get("pixel_auroc", {})
+        verdict, peak = result.get("verdict_accuracy", {}), result.get("peak_in_anomalous_cell", {})
+        for way, image_key, pixel_key, decided in (
+                ("in tiles: highest tile score, map stitched by max", "tiled", "tiled max", "tiled"),
+                ("in tiles: peak of the map stitched by mean", "tiled_peak_mean", "tiled mean", None),
+                ("one cell at a time", "per_cell", "per cell", "per_cell")):
+            rows.append([way, str(result.get("n_test")), _percent(image.get(image_key)), _percent(pixel.get(pixel_key)),
+                         _percent(verdict.get(decided)), _percent(peak.get(decided))])
+    return lines + _table(["scored", "n", "image AUROC", "pixel AUROC", "verdict", "peak in the anomalous cell"], rows) + [""]
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def line_scale_sections(runs: dict[str, dict]) -> list[str]:
+    lines = profile_section(runs[PROFILE_FILE]) if PROFILE_FILE in runs else []
+    mosaics = [name for name in runs if name.endswith(MOSAIC_SUFFIX)]
+    if mosaics and not lines:
+        lines = ["## Profiles and large images", ""]
+    for name in mosaics:
+        lines += mosaic_section(name, runs[name])
+    return lines
+
+
 def variants_section(runs: dict[str, dict]) -> list[str]:
     current = {name for name, *_ in CURRENT}
     rows = []
@@ -377,6 +432,7 @@ def render(runs: dict[str, dict], preset: dict) -> str:
             lines += run_section(name, runs[name], f"{set_name} · {setting}", note, preset)
     if MATRIX_FILE in runs and is_matrix(runs[MATRIX_FILE]):
         lines += matrix_section(MATRIX_FILE, runs[MATRIX_FILE])
+    lines += line_scale_sections(runs)
     lines += variants_section(runs)
     return "\n".join(lines).rstrip("\n") + "\n"
 

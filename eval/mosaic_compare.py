@@ -123,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
                                               "peak_in_anomalous_cell", "reference_seconds", "tiles_per_image")}
             print(json.dumps(summary), flush=True)
     if args.output:
-        save_json({"preset": args.preset, "results": report}, args.output)
+        from eval.evaluate import machine_description
+
+        command = "python -m eval.mosaic_compare " + " ".join(argv if argv is not None else sys.argv[1:])
+        save_json({"preset": args.preset, "command": command, "machine": machine_description(), "results": report},
+                  args.output)
     return 0
 
 

@@ -106,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         report = run(args.data, args.good, args.queries, args.class_name, not args.no_large)
     from eval.evaluate import machine_description
 
-    report["machine"] = machine_description()
+    import torch
+
+    report["machine"], report["torch_threads"] = machine_description(), torch.get_num_threads()
+    report["command"] = "python -m eval.profile_benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

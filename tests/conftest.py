@@ -19,6 +19,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 APP_START_TIMEOUT_S = 420
+# As the CLI and the app set them, before any test imports huggingface_hub (it reads them once): a hub
+# name that is not cached fails at once instead of after network retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # Profiles the tests make (and the app and CLI subprocesses, which inherit this) stay out of the user's folder.
 os.environ["ANOMALY_ASSISTANT_HOME"] = tempfile.mkdtemp(prefix="anomaly-assistant-tests-")
 

@@ -88,7 +88,8 @@ def test_other_runs_show_their_own_headline_figures():
     _, rows = tables_after(lines, lines.index("## Other runs"))
     listed = {row[0].strip("`") for row in rows}
     current = {name for name, *_ in benchmarks_doc.CURRENT}
-    runs = {p.name for p in EVAL_DIR.glob("*.json") if p.name != benchmarks_doc.MATRIX_FILE}
+    runs = {p.name for p in EVAL_DIR.glob("*.json")
+            if benchmarks_doc.is_eval_run(json.loads(p.read_text(encoding="utf-8")))}
     assert listed == runs - current
     for row in rows:
         data = json.loads((EVAL_DIR / row[0].strip("`")).read_text(encoding="utf-8"))
@@ -132,3 +133,16 @@ def test_a_matrix_run_gets_a_table_per_set_and_its_absence_is_fine(tmp_path):
 def test_each_run_of_the_shipped_engine_records_its_machine(name):
     config = json.loads((EVAL_DIR / name).read_text(encoding="utf-8"))["config"]
     assert config.get("machine"), f"{name}: add the machine it ran on to its config"
+
+
+def test_the_profile_figures_are_the_benchmark_runs_own():
+    path = EVAL_DIR / benchmarks_doc.PROFILE_FILE
+    if not path.is_file():
+        pytest.skip("no profile benchmark run in docs/eval")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    lines = DOC.read_text(encoding="utf-8").splitlines()
+    _, rows = tables_after(lines, lines.index("## Profiles and large images"))
+    figures = dict(rows)
+    assert figures["profile create"] == f"{data['profile_create_s']} s"
+    assert figures["profile load (beyond model loading)"] == f"{data['profile_load_s']} s"
+    assert figures["good images in the profile"] == str(data["good_images"])
