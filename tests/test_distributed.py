@@ -29,12 +29,14 @@ def textile_folder(tmp_path_factory) -> tuple[Path, Path]:
         (root / "images" / kind).mkdir(parents=True)
         for path in files:
             shutil.copy(path, root / "images" / kind / path.name)
-    shutil.copy(nominal[0], root / "reference.jpg")
-    return root / "images", root / "reference.jpg"
+    (root / "good").mkdir()
+    shutil.copy(nominal[0], root / "good" / "reference.jpg")
+    return root / "images", root / "good" / "reference.jpg"
 
 
-def inspect_args(folder: Path, reference: Path, out: Path) -> list[str]:
-    return ["inspect", str(folder), "-r", str(reference), "--class-name", "textile", "--out", str(out),
+def inspect_args(folder: Path, reference: Path, out: Path, profile: str | None = None) -> list[str]:
+    source = ["--profile", profile] if profile else ["-r", str(reference)]
+    return ["inspect", str(folder), *source, "--class-name", "textile", "--out", str(out),
             "--no-llm", "--threads", "1", "--batch", "2"]
 
 
@@ -54,6 +56,12 @@ def test_cluster_report_is_the_single_process_report(textile_folder, tmp_path):
         spread = run_cli(*inspect_args(folder, reference, tmp_path / "cluster"), "--cluster", "dask",
                          "--address", cluster.scheduler_address)
         assert spread.returncode == 0, spread.stderr[-2000:]
+        # each worker loads a profile of the same reference from its folder: the same report again
+        made = run_cli("profile", "create", "cluster-textile", "--good", str(reference.parent), "--class-name", "textile")
+        assert made.returncode == 0, made.stderr[-2000:]
+        profiled = run_cli(*inspect_args(folder, reference, tmp_path / "profiled", "cluster-textile"), "--cluster", "dask",
+                           "--address", cluster.scheduler_address)
+        assert profiled.returncode == 0, profiled.stderr[-2000:]
         executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
         leftover = client.run(lambda dask_worker: [name for name in dask_worker.plugins if "anomaly-assistant" in name])
 
@@ -62,6 +70,7 @@ def test_cluster_report_is_the_single_process_report(textile_folder, tmp_path):
     assert not any(leftover.values()), f"the run left its models loaded on the workers: {leftover}"
     csv_single = (tmp_path / "single" / "report.csv").read_text()
     assert (tmp_path / "cluster" / "report.csv").read_text() == csv_single
+    assert (tmp_path / "profiled" / "report.csv").read_text() == csv_single
     assert csv_single.count("\n") == 7 and "local/" in csv_single and "true" in csv_single
     assert rows_of((tmp_path / "cluster" / "report.html").read_text()) == rows_of((tmp_path / "single" / "report.html").read_text())
     overlays = sorted(p.name for p in (tmp_path / "single" / "overlays").glob("*.png"))
