@@ -42,9 +42,7 @@ def run_create(args) -> int:
     from . import profiles
 
     logging.getLogger("assistant").setLevel(logging.INFO)
-    profiles.check_name(args.name)
-    if profiles.profile_dir(args.name).exists() and not args.replace:
-        raise profiles.ProfileError(f"profile {args.name!r} exists; delete it first or pass --replace")
+    profiles.check_free(args.name, args.replace)  # before the models load
     good = find_images(args.good)
     started = time.time()
     with contextlib.redirect_stdout(sys.stderr):

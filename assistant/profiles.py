@@ -73,6 +73,14 @@ def profile_dir(name: str) -> Path:
     return profiles_home() / check_name(name)
 
 
+def check_free(name: str, replace: bool = False) -> Path:
+    """The folder a new profile `name` goes to; an existing one is an error unless `replace`."""
+    destination = profile_dir(name)
+    if destination.exists() and not replace:
+        raise ProfileError(f"profile {name!r} exists ({destination}); delete it first or pass --replace")
+    return destination
+
+
 def names() -> list[str]:
     home = profiles_home()
     if not home.is_dir():
@@ -110,9 +118,7 @@ def create(engine, name: str, good: list[Path], class_name: str = "object", defe
     from .defect_kinds import DefectExamples, DescribedDefects
     from .images import load_image
 
-    destination = profile_dir(name)
-    if destination.exists() and not replace:
-        raise ProfileError(f"profile {name!r} exists ({destination}); delete it first or pass --replace")
+    destination = check_free(name, replace)
     if not good:
         raise ProfileError("no good images given")
     examples = DefectExamples.from_folder(defects_dir) if defects_dir is not None else None
@@ -120,8 +126,7 @@ def create(engine, name: str, good: list[Path], class_name: str = "object", defe
     if progress:
         progress(f"building the reference set from {len(images)} good images")
     if tiling.applies(engine, images[0]):
-        scale = tiling.work_scale(engine.prepare(images[0])[0].size, tiling.settings_of(engine))
-        built = tiling.references(engine, images, class_name, 0, scale)
+        built = tiling.references(engine, images, class_name, 0, tiling.reference_scale(engine, images))
         reference_set, tiled = built.references, {"scale": built.scale, "n_images": built.n_images, "n_tiles": built.n_tiles}
     else:
         built = reference_set = engine.references(images, class_name)

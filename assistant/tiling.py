@@ -175,6 +175,12 @@ def tile_engine(engine: AnomalyEngine) -> AnomalyEngine:
     return view
 
 
+def reference_scale(engine: AnomalyEngine, images: list[Image.Image]) -> float:
+    """The working scale the first reference's prepared view asks for; every reference is cut at it,
+    and so are the queries judged against them, so their tiles show patches of one size."""
+    return work_scale(engine.prepare(images[0])[0].size, settings_of(engine))
+
+
 def reference_tiles(engine: AnomalyEngine, images: list[Image.Image], scale: float,
                     settings: TilingSettings) -> list[Image.Image]:
     tiles = []

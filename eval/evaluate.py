@@ -125,12 +125,6 @@ def is_tiled(engine: AnomalyEngine, split: Split) -> bool:
     return False
 
 
-def reference_scale(engine: AnomalyEngine, images: list[Image.Image]) -> float:
-    """The working scale the first reference's prepared view asks for; every image of the seed is cut
-    at it, so reference and query tiles show patches of one size."""
-    return tiling.work_scale(engine.prepare(images[0])[0].size, tiling.settings_of(engine))
-
-
 def evaluate_tiled_split(engine: AnomalyEngine, split: Split, shots: int, seeds: list[int], class_name: str,
                          progress: bool = True, csv_rows: list | None = None, split_defects: bool = False,
                          perturbations: list[str] | None = None, fixed_references=None) -> dict[str, dict]:
@@ -144,7 +138,7 @@ def evaluate_tiled_split(engine: AnomalyEngine, split: Split, shots: int, seeds:
         began = time.perf_counter()
         if shots and references is None:
             images = [open_image(p) for p in draw_references(split, shots, seed)]
-            references = tiling.references(engine, images, class_name, seed, reference_scale(engine, images))
+            references = tiling.references(engine, images, class_name, seed, tiling.reference_scale(engine, images))
         if references is not None:
             reference_seconds.append(time.perf_counter() - began)
         threshold = references.threshold if references else engine.zero_shot_threshold()

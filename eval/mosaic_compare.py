@@ -32,7 +32,6 @@ from assistant.engine import AnomalyEngine, place_map
 from . import metrics
 from .evaluate import draw_references, load_test_image, pixel_eval_size
 from .protocol import base_category
-from .evaluate import reference_scale
 
 
 def cells(image: Image.Image, grid: Grid) -> list[Image.Image]:
@@ -63,7 +62,7 @@ def compare_split(engine: AnomalyEngine, split: Split, shots: int, seed: int, cl
     manifest = json.loads((split.root / MANIFEST).read_text(encoding="utf-8"))["images"]
     mosaics = [open_image(p) for p in draw_references(split, shots, seed)]
     began = time.perf_counter()
-    tiled_refs = tiling.references(engine, mosaics, class_name, seed, reference_scale(engine, mosaics))
+    tiled_refs = tiling.references(engine, mosaics, class_name, seed, tiling.reference_scale(engine, mosaics))
     tiled_ref_s = time.perf_counter() - began
     began = time.perf_counter()
     cell_refs = engine.references([cell for mosaic in mosaics for cell in cells(mosaic, grid)], class_name, seed)

@@ -38,13 +38,19 @@ def _pick_images(tire_dir: Path) -> tuple[Path, Path]:
     return query, sorted((tire_dir / "train" / "good").glob("*.jpg"))[0]
 
 
-def test_upload_ask_and_see_answer_and_heatmap(browser, app_server, tire_dir, tmp_path):
-    query, reference = _pick_images(tire_dir)
-    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+def _open(browser, url: str, height: int):
+    """A page of the app, loaded, and the list its script errors are collected in."""
+    page = browser.new_page(viewport={"width": 1440, "height": height})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(app_server.url)
+    page.goto(url)
     page.locator("#send").wait_for(timeout=60_000)
+    return page, errors
+
+
+def test_upload_ask_and_see_answer_and_heatmap(browser, app_server, tire_dir, tmp_path):
+    query, reference = _pick_images(tire_dir)
+    page, errors = _open(browser, app_server.url, 1000)
     assert "Anomaly Assistant" in page.title()
 
     page.locator("#query-image input[type=file]").set_input_files(str(query))
@@ -92,11 +98,7 @@ def test_save_the_uploaded_references_as_a_profile_and_ask_with_it(browser, app_
     from assistant import profiles
 
     query, reference = _pick_images(tire_dir)
-    page = browser.new_page(viewport={"width": 1440, "height": 1100})
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(app_server.url)
-    page.locator("#send").wait_for(timeout=60_000)
+    page, errors = _open(browser, app_server.url, 1100)
     page.locator("#references input[type=file]").set_input_files([str(reference)])
     page.locator("#references").get_by_text(reference.name).first.wait_for(timeout=30_000)
     page.locator("#class-name textarea, #class-name input").first.fill("tire")
