@@ -125,7 +125,8 @@ def _run_bench(args) -> int:
         raise UserError(f"--data {args.data}: folder not found")
     overrides = {"encoder": {"image_size": args.image_size}} if args.image_size else None
     run_benchmark(args.preset, args.checkpoint, args.data, overrides, args.repeats, shots, backends,
-                  anomalib=not args.no_anomalib, json_path=args.json, queries=args.queries)
+                  anomalib=not args.no_anomalib, json_path=args.json, queries=args.queries,
+                  command="anomaly-assistant " + " ".join(sys.argv[1:]))
     return 0
 
 

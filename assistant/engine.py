@@ -67,15 +67,16 @@ class AnomalyEngine:
         return (image.crop(box), box) if box else (image, full)
 
     @torch.no_grad()
-    def encode(self, images: list[Image.Image]) -> EncodedImages:
+    def encode(self, images: list[Image.Image], text_view: bool = True) -> EncodedImages:
         """Encode already-prepared views that share one input size (see `encode_each` otherwise).
 
         A trained text map with `text_map.extra_image_size` also reads a second, coarser encoding:
         at the bank's resolution alone its per-patch verdict fires on every sharp edge of a regular
-        pattern (tire tread) as readily as on a cut (docs/method.md, "Text map")."""
+        pattern (tire tread) as readily as on a cut (docs/method.md, "Text map"). `text_view=False`
+        skips it for views no text map is made of (the augmented views of a reference bank)."""
         encoded = self.encoder.encode_images(images)
         extra_size = self._extra_view_size()
-        if extra_size:
+        if extra_size and text_view:
             encoded.text_levels = self.encoder.encode_images(images, extra_size).levels
         return encoded
 
@@ -84,18 +85,21 @@ class AnomalyEngine:
         return self.text_extra_size if self.text_map.trained else None
 
     @torch.no_grad()
-    def encode_each(self, images: list[Image.Image], batch_size: int = 8) -> list[EncodedImages]:
-        """One EncodedImages per view, batching views whose input size matches."""
+    def encode_each(self, images: list[Image.Image], batch_size: int = 8,
+                    text_views: set[int] | None = None) -> list[EncodedImages]:
+        """One EncodedImages per view, batching views whose input size matches; only the views in
+        `text_views` (default: all) get the text map's extra encoding."""
         extra_size = self._extra_view_size()
         groups: dict[tuple, list[int]] = {}
         for index, image in enumerate(images):
-            extra = self.encoder.input_size(image, extra_size) if extra_size else None
+            wanted = extra_size and (text_views is None or index in text_views)
+            extra = self.encoder.input_size(image, extra_size) if wanted else None
             groups.setdefault((self.encoder.input_size(image), extra), []).append(index)
         out: list[EncodedImages | None] = [None] * len(images)
-        for indices in groups.values():
+        for (_, extra), indices in groups.items():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start:start + batch_size]
-                encoded = self.encode([images[i] for i in chunk])
+                encoded = self.encode([images[i] for i in chunk], text_view=extra is not None)
                 for b, index in enumerate(chunk):
                     out[index] = EncodedImages(_row(encoded.levels, b), encoded.embedding[b:b + 1],
                                                _row(encoded.text_levels, b))
@@ -272,9 +276,14 @@ class AnomalyEngine:
         references already show many poses and would make 24 views each unaffordable. At one angle
         per image, and for surfaces (turned views of one tile did not help a turned tile and raised
         the threshold: docs/method.md, "Pose and logical changes"), the bank pools
-        `memory_bank.augmentations`."""
+        `memory_bank.augmentations`, as many of them (in order, at least the first) as
+        `memory_bank.view_budget` views over all images allow: views stand in for the variation of
+        normal parts that few references cannot show, and many references show it themselves
+        (docs/method.md, "Many references")."""
         cfg = self.bank_cfg
         pooled = list(cfg.get("augmentations") or ["identity"])
+        if cfg.get("view_budget"):
+            pooled = pooled[:max(1, int(cfg["view_budget"]) // n_images)]
         pose = cfg.get("pose")
         if not pose or not relative:
             return pooled, 0
@@ -348,7 +357,8 @@ class AnomalyEngine:
         # Views are made from the whole photo and then cropped, as a query is: a part turned by any
         # angle keeps all of itself and gets the crop (and so the scale) a query at that angle gets.
         prepared = [self.prepare(view) for view in augment(images, bank.augmentations)]
-        per_view = self.encode_each([view for view, _ in prepared])
+        held_out_queries = set(self._held_out_queries(len(images), n_views))
+        per_view = self.encode_each([view for view, _ in prepared], text_views=held_out_queries)
         bank.fit_features([view.levels for view in per_view], [i // n_views for i in range(len(per_view))])
         stats = self._new_stats(per_view[::n_views], relative) if len(images) >= 2 else None
         full = ReferenceSet(bank, stats, relative, len(images), threshold=self._margin(relative, len(images)),
@@ -374,6 +384,7 @@ class AnomalyEngine:
         "random" costs the threshold ~2 % (tire, 16 shots) and saves the k-centre cover that took
         5/6 of a 16-shot build (docs/method.md, "Memory bank")."""
         n_views = len(per_view) // n_images
+        queries = set(self._held_out_queries(n_images, n_views))
         held_out_cover = self.bank_cfg.get("held_out_cover", "greedy")
         maps, shifts = [], []
         for held_out_views in self._held_out_folds(n_images, n_views):
@@ -383,12 +394,16 @@ class AnomalyEngine:
                                                                      [index // n_views for index in kept])
             held_out = replace(full, bank=bank)
             stats = self._new_stats(others[::n_views], full.relative) if full.stats is not None else None
-            # the unaugmented view of each held-out image (or the single held-out view)
-            for query in (per_view[index] for index in sorted(held_out_views) if n_images == 1 or index % n_views == 0):
+            for query in (per_view[index] for index in sorted(held_out_views) if index in queries):
                 maps.append(self.raw_maps(query, held_out, self.text_maps(query, class_name)))
                 if stats is not None:
                     shifts.append(float(stats.distance(query.levels)[0]))
         return maps, np.asarray(shifts)
+
+    @staticmethod
+    def _held_out_queries(n_images: int, n_views: int) -> range:
+        """The views scored as held-out normals: every view of one image, else each image's unaugmented view."""
+        return range(n_views) if n_images == 1 else range(0, n_images * n_views, n_views)
 
     def _held_out_folds(self, n_images: int, n_views: int) -> list[set[int]]:
         """View indices held out together: one view at a time for one image, else the views of

@@ -129,7 +129,7 @@ def backend_report(preset: dict, checkpoint_dir: str | None, query_files: list[b
 def run_benchmark(preset: str = "embedded", checkpoint_dir: str | None = None, folder: str | None = None,
                   overrides: dict | None = None, repeats: int = 3, shots: list[int] | None = None,
                   backends: list[str] | None = None, anomalib: bool = True, json_path: str | Path | None = None,
-                  queries: int = QUERIES) -> dict:
+                  queries: int = QUERIES, command: str | None = None) -> dict:
     from assistant.config import deep_merge, load_preset
 
     from .anomalib_patchcore import patchcore_times
@@ -139,7 +139,7 @@ def run_benchmark(preset: str = "embedded", checkpoint_dir: str | None = None, f
     base = load_preset(preset, overrides)
     query_files, reference_files = query_and_reference_files(folder, queries, max(shots))
     reference_images = [load_image(data) for data in reference_files]
-    report = {"machine": machine(), "preset": base.get("name", preset), "folder": folder or "synthetic noise",
+    report = {"command": command, "machine": machine(), "preset": base.get("name", preset), "folder": folder or "synthetic noise",
               "queries": len(query_files), "repeats": repeats, "backends": {}}
     for backend in backends:
         settings = deep_merge(base, {"encoder": {"backend": backend}})

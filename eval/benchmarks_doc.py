@@ -39,6 +39,10 @@ HELD_OUT_TEXTILE_NOTE = (
     "(its normal test images are among those the shipped checkpoint was trained on).")
 
 # The runs of the shipped engine and preset: (file in docs/eval, set, setting, note or "").
+MANY_SHOT_NOTE = ("The dev half of the test images, one seed: `memory_bank.view_budget` was chosen on these runs "
+                  "(docs/method.md, \"Many references\"), so they are development figures. anomalib's PatchCore on "
+                  "the same weights, all test images: tire 71.4 / 98.5, magnetic tile 87.4 / 78.6.")
+
 CURRENT = (
     ("tire_0shot_multiscale_text.json", "tire", "no reference (zero-shot)", ZERO_SHOT_NOTE),
     ("tire_1shot_score_border.json", "tire", "1 reference", ""),
@@ -50,6 +54,8 @@ CURRENT = (
     ("textile_0shot_multiscale_text.json", "textile", "no reference (zero-shot)", ZERO_SHOT_NOTE),
     ("textile_1shot_score_border.json", "textile", "1 reference", ""),
     ("textile_validation_1shot_score_border.json", "textile, held-out split", "1 reference", HELD_OUT_TEXTILE_NOTE),
+    ("tire_64shot_dev.json", "tire, dev half", "64 references", MANY_SHOT_NOTE),
+    ("magnetic_tile_64shot_dev.json", "magnetic tile, dev half", "64 references", MANY_SHOT_NOTE),
 )
 
 # What each other run in docs/eval varied, as its difference from the shipped engine. "448 px text map":
@@ -76,6 +82,13 @@ VARIANTS = {
     "magnetic_tile_4shot_fused": "448 px text map, no texture map, no score border",
     "magnetic_tile_4shot_texture_map": "448 px text map, unscaled texture map, no score border",
     "magnetic_tile_4shot_texture_scaled": "no score border",
+    "magnetic_tile_64shot_dev_four_views": "four views of every reference (no view budget); dev half",
+    "magnetic_tile_64shot_dev_pool3": "3 x 3 pooled bank patches, four views of every reference; dev half",
+    "magnetic_tile_64shot_dev_no_self": "no self-similarity (`self_radius` 0), four views of every reference; dev half",
+    "magnetic_tile_64shot_dev_no_self_one_view": "no self-similarity (`self_radius` 0); dev half",
+    "tire_64shot_dev_four_views": "four views of every reference (no view budget); dev half",
+    "tire_64shot_dev_pool3": "3 x 3 pooled bank patches, four views of every reference; dev half",
+    "tire_1shot_dev_pool3": "3 x 3 pooled bank patches; dev half",
     "textile_0shot_self_map_only": "self map alone (no text map)",
     "textile_0shot_text_map_only_trained": "trained text map alone, 448 px text map",
     "textile_0shot_trained": "448 px text map",
@@ -362,6 +375,82 @@ def line_scale_sections(runs: dict[str, dict]) -> list[str]:
     return lines
 
 
+BENCH_FILE = "bench.json"
+MEMORY_FILE = "memory_benchmark.json"
+
+
+def bench_section(data: dict) -> list[str]:
+    """`anomaly-assistant bench --json`: ms per image by stage, reference count and backend, beside
+    anomalib's PatchCore, and the issue's speed targets read from the same run."""
+    machine_info = data.get("machine", {})
+    lines = ["### Latency by stage (`anomaly-assistant bench`)", "",
+             f"- command: `{data.get('command') or 'anomaly-assistant bench'}`; images: `{data.get('folder')}`, "
+             f"{data.get('queries')} queries x {data.get('repeats')} timed passes, medians",
+             f"- machine: {machine_info.get('cpus')} CPUs ({machine_info.get('cpu')}), torch threads "
+             f"{machine_info.get('torch_threads')}, 1-minute load average at the start {machine_info.get('load_average_1min')}", ""]
+    rows = []
+    for backend, report in data.get("backends", {}).items():
+        for shots, row in report.get("shots", {}).items():
+            batch = next((v for key, v in row.items() if key.startswith("batch")), None)
+            rows.append([backend, str(shots), f"{row.get('build_s', 0):.1f}", *(f"{row.get(f'{stage}_ms', 0):.1f}" for stage in
+                         ("decode", "prepare", "encode", "maps_score", "regions", "detect")), f"{batch:.1f}" if batch else "-"])
+    anomalib = data.get("anomalib", {})
+    for shots, row in anomalib.get("shots", {}).items():
+        rows.append(["anomalib PatchCore", str(shots), f"{row.get('build_s', 0):.1f}", "-", "-", "-", "-", "-",
+                     f"{row.get('ms', 0):.1f}", "-"])
+    lines += _table(["backend", "references", "build s", "decode", "prepare", "encode", "maps + score", "regions",
+                     "detect (end to end)", "batch of 8, per image"], rows) + [""]
+    if "skipped" in anomalib:
+        lines += [f"anomalib's PatchCore was skipped: {anomalib['skipped']}.", ""]
+    return lines + bench_targets(data)
+
+
+def bench_targets(data: dict) -> list[str]:
+    """The speed targets of the run, each with the figures it compares."""
+    torch_shots = data.get("backends", {}).get("torch", {}).get("shots", {})
+    targets = []
+    if data.get("detect_ms") is not None:
+        detect = float(data["detect_ms"])
+        targets.append(f"end to end, 1 reference: {detect:.1f} ms (target 150 ms)")
+        if data.get("anomalib_patchcore_ms") is not None:
+            targets.append(f"against anomalib's PatchCore in the same run: {detect:.1f} vs {float(data['anomalib_patchcore_ms']):.1f} ms")
+    int8 = data.get("backends", {}).get("onnx-int8", {}).get("shots", {})
+    first = next(iter(torch_shots), None)
+    if first is not None and first in int8:
+        ratio = int8[first]["detect_ms"] / torch_shots[first]["detect_ms"]
+        targets.append(f"INT8 ONNX against float32 PyTorch, end to end: {ratio:.2f} x (target 0.5 x)")
+    if first is not None and "64" in torch_shots:
+        ratio = torch_shots["64"]["maps_score_ms"] / torch_shots[first]["maps_score_ms"]
+        targets.append(f"maps + score at 64 references against {first}: {ratio:.1f} x (target 2 x); "
+                       f"64-reference build {torch_shots['64']['build_s']:.1f} s (target 60 s)")
+    return ["Targets (issue \"Speed on a CPU\"), read from this run:", ""] + [f"- {t}" for t in targets] + [""] if targets else []
+
+
+def memory_section(data: dict) -> list[str]:
+    """`eval/memory_benchmark.py`: resident memory of the app and of inspect."""
+    rows = [["app.py once it serves its page", f"{data.get('app_after_start_mib')} MiB", f"started in {data.get('app_start_s')} s"],
+            ["app.py after one answer (language model loaded, one reference)", f"{data.get('app_after_answer_mib')} MiB",
+             f"peak {data.get('app_peak_mib')} MiB; answer in {data.get('app_first_answer_s')} s"],
+            [f"inspect over {data.get('inspect_images')} images, one reference, with answers",
+             f"peak {data.get('inspect_peak_mib')} MiB", f"{data.get('inspect_images_per_second')} images/s, "
+             f"{data.get('inspect_wall_s')} s with model loading"]]
+    machine_info = data.get("machine", {})
+    return (["### Memory (`eval/memory_benchmark.py`)", "",
+             f"- command: `{data.get('command')}`",
+             f"- machine: {machine_info.get('cpus')} CPUs, {machine_info.get('threads')} threads, "
+             f"1-minute load average at the start {machine_info.get('load_average_1min')}", ""]
+            + _table(["process", "resident memory", "notes"], rows) + [""])
+
+
+def speed_sections(runs: dict[str, dict]) -> list[str]:
+    lines = []
+    if BENCH_FILE in runs:
+        lines += bench_section(runs[BENCH_FILE])
+    if MEMORY_FILE in runs:
+        lines += memory_section(runs[MEMORY_FILE])
+    return ["## Speed and memory", ""] + lines if lines else []
+
+
 def variants_section(runs: dict[str, dict]) -> list[str]:
     current = {name for name, *_ in CURRENT}
     rows = []
@@ -433,6 +522,7 @@ def render(runs: dict[str, dict], preset: dict) -> str:
     if MATRIX_FILE in runs and is_matrix(runs[MATRIX_FILE]):
         lines += matrix_section(MATRIX_FILE, runs[MATRIX_FILE])
     lines += line_scale_sections(runs)
+    lines += speed_sections(runs)
     lines += variants_section(runs)
     return "\n".join(lines).rstrip("\n") + "\n"
 

@@ -146,3 +146,22 @@ def test_the_profile_figures_are_the_benchmark_runs_own():
     assert figures["profile create"] == f"{data['profile_create_s']} s"
     assert figures["profile load (beyond model loading)"] == f"{data['profile_load_s']} s"
     assert figures["good images in the profile"] == str(data["good_images"])
+
+
+def test_the_speed_and_memory_figures_are_the_benchmark_runs_own():
+    bench, memory = EVAL_DIR / benchmarks_doc.BENCH_FILE, EVAL_DIR / benchmarks_doc.MEMORY_FILE
+    if not bench.is_file() or not memory.is_file():
+        pytest.skip("no bench or memory benchmark run in docs/eval")
+    lines = DOC.read_text(encoding="utf-8").splitlines()
+    header, rows = tables_after(lines, lines.index("### Latency by stage (`anomaly-assistant bench`)"))
+    detect = header.index("detect (end to end)")
+    data = json.loads(bench.read_text(encoding="utf-8"))
+    for backend, report in data["backends"].items():
+        for shots, row in report["shots"].items():
+            shown = next(r for r in rows if r[0] == backend and r[1] == shots)
+            assert shown[detect] == f"{row['detect_ms']:.1f}"
+    assert f"- end to end, 1 reference: {data['detect_ms']:.1f} ms (target 150 ms)" in lines
+    _, rows = tables_after(lines, lines.index("### Memory (`eval/memory_benchmark.py`)"))
+    figures = {row[0]: row[1] for row in rows}
+    peak = json.loads(memory.read_text(encoding="utf-8"))["inspect_peak_mib"]
+    assert any(value == f"peak {peak} MiB" for value in figures.values())

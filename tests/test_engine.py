@@ -17,7 +17,8 @@ from assistant.engine import AnomalyEngine, EngineError
 from assistant.images import load_mask
 from assistant.prompts import load
 from assistant.maps.anomaly_map import find_regions, interior_peaks, position_word
-from assistant.maps.memory_bank import MemoryBank, greedy_coreset, random_subset, similarity_dtype
+from assistant.maps.memory_bank import (MemoryBank, greedy_coreset, nearest_similarity, patches, random_subset,
+                                        self_distance, similarity_dtype)
 
 
 def open_rgb(path) -> Image.Image:
@@ -146,14 +147,18 @@ def test_one_object_reference_measures_its_threshold(engine, tire_dir):
 
 def test_reference_views_turn_objects_within_the_budget(engine):
     """One reference of an object is turned 12 times (x 2 flips), four references 3 times each, 64
-    share the preset's plain augmentations; a surface is never turned."""
+    share the preset's plain augmentations as far as the view budget allows; a surface is never turned."""
     names, per_image = engine.reference_views(1, relative=True)
     assert len(names) == 24 and per_image == 2 and "hflip+rot330" in names
     names, per_image = engine.reference_views(4, relative=True)
     assert names == [f"{flip}+rot{angle}" for flip in ("identity", "hflip") for angle in (0, 120, 240)]
     pooled = engine.bank_cfg["augmentations"]
-    assert engine.reference_views(64, relative=True) == (pooled, 0)
+    assert engine.bank_cfg["view_budget"] == 64 and len(pooled) == 4
     assert engine.reference_views(1, relative=False) == (pooled, 0)
+    assert engine.reference_views(16, relative=False) == (pooled, 0)
+    assert engine.reference_views(32, relative=True) == (pooled[:2], 0)
+    assert engine.reference_views(64, relative=True) == (pooled[:1], 0)
+    assert engine.reference_views(256, relative=False) == (pooled[:1], 0)
 
 
 def test_a_turned_tire_is_matched_against_turned_views_of_its_reference(tire_dir):
@@ -297,6 +302,32 @@ def test_coreset_keeps_size_and_covers_clusters():
     assert core.shape == (20, 16)
     nearest_centre = torch.cdist(core, centres).argmin(dim=1)
     assert set(nearest_centre.tolist()) == set(range(5))
+
+
+def test_blocked_searches_match_a_whole_matrix_search():
+    """Blocks smaller than both sides and sizes that are no multiple of them: the same nearest
+    patches, and the same coreset as a k-centre greedy over plain distances."""
+    generator = torch.Generator().manual_seed(2)
+    queries = torch.nn.functional.normalize(torch.randn(700, 24, generator=generator), dim=1)
+    bank = torch.nn.functional.normalize(torch.randn(2500, 24, generator=generator), dim=1)
+    expected = (queries @ bank.T).amax(dim=1)
+    assert torch.allclose(nearest_similarity(queries, bank, rows=256, columns=300), expected, atol=1e-6)
+    assert torch.allclose(nearest_similarity(queries, bank), expected, atol=1e-6)
+
+    feature = torch.randn(2, 24, 9, 11, generator=generator)
+    flat = [patches(feature[b:b + 1]) for b in range(2)]
+    cells = torch.tensor([(r, c) for r in range(9) for c in range(11)])
+    far = (cells[:, None] - cells[None]).abs().amax(dim=-1) > 2
+    brute = torch.stack([1 - (f @ f.T).masked_fill(~far, -2).amax(dim=1).reshape(9, 11) for f in flat])
+    assert torch.allclose(self_distance(feature, 2, rows=37), brute, atol=1e-6)
+
+    points = torch.randn(75, 8, generator=generator)  # under 2 x size: no pre-sample
+    core = greedy_coreset(points, 40, projection_dim=8, rows=16)
+    picked = [int((points == row).all(dim=1).nonzero()[0]) for row in core]
+    plain = torch.cdist(points, points[picked[:1]]).squeeze(1)  # replay the greedy on plain distances
+    for index in picked[1:]:  # step 1 (size < 200): each pick is the farthest point from the rest
+        assert plain[index] >= plain.max() - 1e-4
+        plain = torch.minimum(plain, torch.cdist(points, points[index:index + 1]).squeeze(1))
 
 
 def test_random_cover_keeps_distinct_bank_rows_and_unknown_covers_are_refused():

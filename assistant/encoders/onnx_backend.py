@@ -330,6 +330,9 @@ class OnnxBackbone(torch.nn.Module):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()  # one knob (--threads) for both backends
         options.inter_op_num_threads = 1
+        # ONNX Runtime's threads busy-wait after each run by default, on the cores the maps computed
+        # next in torch need (docs/method.md, "Latency").
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only: the optimiser's notes are not the user's business
         self.model_path = Path(model_path)
         self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])

@@ -58,10 +58,14 @@ def patches(level: torch.Tensor) -> torch.Tensor:
     return F.normalize(level.permute(0, 2, 3, 1).reshape(-1, level.shape[1]), dim=-1)
 
 
-def greedy_coreset(bank: torch.Tensor, size: int, seed: int = 0, projection_dim: int = 32) -> torch.Tensor:
+def greedy_coreset(bank: torch.Tensor, size: int, seed: int = 0, projection_dim: int = 32, rows: int = 4096) -> torch.Tensor:
     """Pick `size` rows that cover the bank (k-centre greedy, PatchCore), made affordable on a CPU:
     distances on a random projection, the size/200 farthest rows added per round (exact greedy for
-    small sizes), and a random pre-sample of 2 x `size` rows when the bank is larger than that."""
+    small sizes), and a random pre-sample of 2 x `size` rows when the bank is larger than that.
+
+    Squared distances to each round's new centres are one matrix product per `rows` bank rows,
+    reduced while the block is in cache: the same picks as a whole-bank `cdist` in a sixth of the
+    time (50,000 of 400,000 patches: 35.8 -> 5.8 s on 2 cores; docs/method.md, "Nearest neighbours")."""
     if bank.shape[0] <= size:
         return bank
     generator = torch.Generator().manual_seed(seed)
@@ -71,15 +75,23 @@ def greedy_coreset(bank: torch.Tensor, size: int, seed: int = 0, projection_dim:
     projected = bank
     if bank.shape[1] > projection_dim:
         projected = bank @ torch.randn(bank.shape[1], projection_dim, generator=generator) / projection_dim**0.5
+    norms = (projected * projected).sum(dim=1)
+    blocks = list(zip(projected.split(rows), norms.split(rows)))
+
+    def squared_distance(centres: torch.Tensor) -> torch.Tensor:
+        """Each row's squared distance to the nearest of `centres` (indices)."""
+        scaled, centre_norms = projected[centres].T * -2.0, norms[centres][None]
+        return torch.cat([torch.addmm(centre_norms, block, scaled).amin(dim=1) + block_norms for block, block_norms in blocks])
+
     chosen = torch.randint(bank.shape[0], (1,), generator=generator)
-    distance = torch.cdist(projected, projected[chosen]).squeeze(1)
+    distance = squared_distance(chosen)
     picked = [chosen]
     count = 1
     while count < size:
         new = distance.topk(min(step, size - count)).indices
         picked.append(new)
         count += new.numel()
-        distance = torch.minimum(distance, torch.cdist(projected, projected[new]).min(dim=1).values)
+        distance = torch.minimum(distance, squared_distance(new))
     return bank[torch.cat(picked)]
 
 
@@ -109,43 +121,57 @@ def similarity_dtype(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if native is not None and native() else torch.float32
 
 
-def nearest_similarity(queries: torch.Tensor, bank: torch.Tensor, block: int = 1 << 24) -> torch.Tensor:
-    """Max cosine similarity of each query row to the bank (float32), in blocks of queries so no
-    product matrix exceeds `block` entries (a batch of 16 queries against a 4-shot bank would
-    otherwise hold gigabytes).
+def nearest_similarity(queries: torch.Tensor, bank: torch.Tensor, rows: int = 1024, columns: int = 1024) -> torch.Tensor:
+    """Max cosine similarity of each query row to the bank (float32), exact.
 
-    An exact matrix product is the fast path on CPU and GPU alike at bank sizes a few-shot user
-    reaches; the coreset cap keeps it bounded, so no approximate index is needed. Queries are cast
-    to the bank's dtype.
+    Products are taken `rows` queries x `columns` bank patches at a time, a running max kept per
+    query: a 4 MB block stays in cache while its max is read, where one product over the whole
+    bank is written to memory and read back. On 2 cores this is 2.5-4.5 x faster than whole-bank
+    rows at every bank size a query meets (3,136 query patches x 50,000 bank patches: 734 -> 164 ms;
+    docs/method.md, "Nearest neighbours"), and faster than faiss's exact index; its approximate
+    indices were no faster at the error they allow. Queries are cast to the bank's dtype.
     """
-    rows = max(1, block // max(1, bank.shape[0]))
     queries = queries.to(bank.dtype)
-    return torch.cat([(part @ bank.T).amax(dim=1) for part in queries.split(rows)]).float()
+    blocks = [part.T for part in bank.split(columns)]
+    best = []
+    for part in queries.split(rows):
+        nearest = (part @ blocks[0]).amax(dim=1)
+        for block in blocks[1:]:
+            nearest = torch.maximum(nearest, (part @ block).amax(dim=1))
+        best.append(nearest)
+    return torch.cat(best).float()
 
 
 @lru_cache(maxsize=8)
 def near_mask(h: int, w: int, radius: int) -> torch.Tensor:
-    """(h*w) x (h*w): True where two cells are within `radius` of each other (Chebyshev)."""
-    rows = torch.arange(h).repeat_interleave(w)
-    cols = torch.arange(w).repeat(h)
-    return ((rows[:, None] - rows[None]).abs() <= radius) & ((cols[:, None] - cols[None]).abs() <= radius)
+    """(h*w) x (h*w): True where two cells are within `radius` of each other (Chebyshev), built as
+    the Kronecker product of the row and column bands (30 x faster than comparing every pair)."""
+    def band(n: int) -> torch.Tensor:
+        steps = torch.arange(n)
+        return ((steps[:, None] - steps[None]).abs() <= radius).to(torch.uint8)
+    return torch.kron(band(h), band(w)).bool()
 
 
-def self_distance(feature: torch.Tensor, radius: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def self_distance(feature: torch.Tensor, radius: int, dtype: torch.dtype = torch.float32, rows: int = 1024) -> torch.Tensor:
     """For each patch, 1 - cos to the most similar patch of the same image more than `radius`
     cells away, B x h x w.
 
     Repetitive parts (tread, weave, grinding marks) vouch for each other, so a reference showing a
     different rotation or pose does not make them look anomalous. A defect larger than the radius
     can vouch for itself too; on the evaluation sets (docs/method.md, "Memory bank") that costs less than the false alarms
-    it removes (texture statistics catch whole-image defects on surfaces with 2+ references)."""
+    it removes (texture statistics catch whole-image defects on surfaces with 2+ references).
+    Taken `rows` patches at a time, as `nearest_similarity` is, with the mask of those rows only."""
     b, c, h, w = feature.shape
     near = near_mask(h, w, radius)
     out = []
     for image in range(b):
         flat = patches(feature[image:image + 1]).to(dtype)
-        similarity = (flat @ flat.T).masked_fill_(near, float("-inf"))
-        out.append(1.0 - similarity.amax(dim=1).float().reshape(h, w))
+        nearest = []
+        for start in range(0, h * w, rows):
+            cells = slice(start, start + rows)
+            similarity = (flat[cells] @ flat.T).masked_fill_(near[cells], float("-inf"))
+            nearest.append(similarity.amax(dim=1))
+        out.append(1.0 - torch.cat(nearest).float().reshape(h, w))
     return torch.stack(out)
 
 
