@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import functools  # noqa: E402
+import hashlib  # noqa: E402
 import html  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
@@ -164,6 +165,34 @@ def _check_history(history) -> list[dict]:
     return [{"role": t["role"], "content": t["content"]} for t in history]
 
 
+class DefectUploads:
+    """Defect examples uploaded as a .zip, unpacked once per archive content: the kind matcher fitted
+    on them is cached with the examples, so a follow-up question does not describe them again."""
+
+    def __init__(self, size: int = 4):
+        self._loaded: dict[str, object] = {}
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, upload):
+        """The DefectExamples of an uploaded archive, or None without one."""
+        from .defect_kinds import examples_from_archive
+
+        paths = _paths(upload)
+        if not paths:
+            return None
+        path = Path(paths[0])
+        if path.suffix.lower() != ".zip":
+            raise ValueError(f"{path.name}: defect examples are uploaded as a .zip of <kind>/ folders")
+        digest = hashlib.sha1(path.read_bytes()).hexdigest()
+        with self._lock:
+            if digest not in self._loaded:
+                if len(self._loaded) >= self._size:
+                    self._loaded.pop(next(iter(self._loaded)))
+                self._loaded[digest] = examples_from_archive(path)
+            return self._loaded[digest]
+
+
 def _paths(files) -> list[str]:
     if not files:
         return []
@@ -218,12 +247,20 @@ def shown_size(image):
 
 def zoom_crops(result) -> list:
     """The regions of an anomalous answer cut from the image at its own resolution (the gallery beside
-    the overlay, which a large image only shows shrunk)."""
+    the overlay, which a large image only shows shrunk), each followed by the same place on a
+    reference photo where one was found (visual evidence, outlined in green)."""
     if result.detection is None or result.image is None or not result.detection.regions:
         return []
-    from .visualize import region_crops
+    from .visualize import outlined_crop, region_crops
 
-    return region_crops(result.image, result.detection)
+    shown = []
+    for index, crop in enumerate(region_crops(result.image, result.detection)):
+        shown.append(crop)
+        area = result.areas[index] if index < len(result.areas) else None
+        if area is not None:
+            shown.append((outlined_crop(result.references[area.reference], area.box, colour=(40, 200, 80)),
+                          f"reference {area.reference + 1}, same place ({area.position}; similarity {area.similarity:.2f})"))
+    return shown
 
 
 def profile_choices() -> list[str]:
@@ -270,10 +307,13 @@ def build_app(models: Models, examples: list[list] | None = None, profile: str |
     if models.default_name not in presets:
         presets = [models.default_name, *presets]
 
+    uploads = DefectUploads()
+
     def run(image, message, references, history, class_name, threshold, preset, shots, max_new_tokens, mm_per_pixel=None,
-            profile=None):
-        """One turn; raises ValueError subclasses (ImageError, EngineError, ModelLoadError, ProfileError)
-        for the user. A chosen profile replaces the uploaded references, and its class the default one."""
+            profile=None, defect_examples=None):
+        """One turn; raises ValueError subclasses (ImageError, EngineError, ModelLoadError, ProfileError,
+        DefectKindError) for the user. A chosen profile replaces the uploaded references, and its class
+        the default one; uploaded defect examples replace a profile's."""
         history = _check_history(history)
         threshold = check_threshold(threshold)
         refs = _paths(references)
@@ -285,14 +325,16 @@ def build_app(models: Models, examples: list[list] | None = None, profile: str |
         if image is not None and not isinstance(image, (str, Path)):
             image = _paths([image])[0]
         assistant = models.get(preset)
+        defects = uploads.get(defect_examples)
         profile = chosen_profile(profile)
         if profile:
             saved = assistant.profile(profile)
             class_name = saved.class_name if (class_name or "object").strip() in ("", "object") else class_name
             return assistant.chat(image, message, saved.references, history, class_name, threshold, tokens,
-                                  mm_per_pixel, defects=saved.defects)
+                                  mm_per_pixel, defects=defects if defects is not None else saved.defects)
         refs = load_references(refs)  # decoded here so a broken one is named by its file name
-        return assistant.chat(image, message, refs, history, class_name, threshold, tokens, mm_per_pixel)
+        return assistant.chat(image, message, refs, history, class_name, threshold, tokens, mm_per_pixel,
+                              defects=defects)
 
     def guarded(fn):
         @functools.wraps(fn)  # keeps the parameter names the API shows
@@ -306,13 +348,13 @@ def build_app(models: Models, examples: list[list] | None = None, profile: str |
         return wrapper
 
     def chat(image, message, references, history, class_name, threshold, preset, shots, max_new_tokens, mm_per_pixel=None,
-             profile=None):
+             profile=None, defect_examples=None):
         """What the page calls. A problem is answered in the chat (and left out of the session's history,
         so the language model never sees it) instead of as an error overlay on every output."""
         started = time.time()
         try:
             result = run(image, message, references, history, class_name, threshold, preset, shots, max_new_tokens,
-                         mm_per_pixel, profile)
+                         mm_per_pixel, profile, defect_examples)
             heatmap = result.heatmap
             overlay = _save_overlay(heatmap, image) if heatmap is not None else None
             heatmap = shown_size(heatmap)
@@ -336,10 +378,11 @@ def build_app(models: Models, examples: list[list] | None = None, profile: str |
                 download, "", zoom_crops(result))
 
     @guarded
-    def ask(image, message, references, history, class_name, threshold, max_new_tokens, mm_per_pixel=0, profile=""):
+    def ask(image, message, references, history, class_name, threshold, max_new_tokens, mm_per_pixel=0, profile="",
+            defect_examples=None):
         """Stateless question: pass the history returned by the previous call to continue a conversation."""
         result = run(image, message, references, history, class_name, threshold, None, None, max_new_tokens,
-                     mm_per_pixel, profile)
+                     mm_per_pixel, profile, defect_examples)
         overlay = _save_overlay(result.heatmap, image) if result.heatmap is not None else None
         return result.answer, result.to_json(), result.history, overlay
 
@@ -414,6 +457,12 @@ def build_app(models: Models, examples: list[list] | None = None, profile: str |
                     profile_name = gr.Textbox(label="Profile name", max_lines=1, elem_id="profile-name",
                                               placeholder="e.g. tire-line-3")
                     save_button = gr.Button("Save profile", elem_id="save-profile")
+                with gr.Accordion("Defect kinds (optional)", open=False, elem_id="defect-kinds-box"):
+                    defect_examples = gr.File(label="Defect examples: a .zip of one folder per kind",
+                                              file_count="single", file_types=[".zip"], height=90,
+                                              elem_id="defect-examples")
+                    gr.Markdown("`cut/1.png`, `cut/1_mask.png`, `hole/2.png`, ...: masks are optional. Each "
+                                "region found is then named after the closest kind, or none of them.")
                 with gr.Accordion("Settings", open=False):
                     preset = gr.Dropdown(presets, value=models.default_name, label="Model preset",
                                          info="Presets other than the loaded one load on demand; large ones need a GPU.")
@@ -458,6 +507,7 @@ def build_app(models: Models, examples: list[list] | None = None, profile: str |
             api_tokens = gr.Number(label="max_new_tokens", value=DEFAULT_TOKENS, precision=0)
             api_scale = gr.Number(label="mm_per_pixel", value=0)
             api_profile = gr.Textbox(label="profile", value="")
+            api_defects = gr.File(label="defect_examples", file_count="single", value=None)
             api_answer = gr.Textbox(label="answer")
             api_result = gr.JSON(label="result")
             api_new_history = gr.JSON(label="history")
@@ -466,7 +516,7 @@ def build_app(models: Models, examples: list[list] | None = None, profile: str |
 
         gr.on([send.click, message.submit], chat,
               inputs=[image, message, references, history, class_name, threshold, preset, shots, max_tokens, scale,
-                      profile_pick],
+                      profile_pick, defect_examples],
               outputs=[chatbot, history, heatmap, verdict, download, message, crops], api_name="chat").then(
             lambda shown: shown or None, inputs=crops, outputs=zoom, api_visibility="private")
         clear_btn.click(clear, outputs=[image, references, chatbot, history, heatmap, verdict, download, message, crops,
@@ -479,7 +529,7 @@ def build_app(models: Models, examples: list[list] | None = None, profile: str |
         # profiles made elsewhere (the command line, another tab) since the app started
         demo.load(lambda: gr.Dropdown(choices=profile_choices()), outputs=profile_pick, api_visibility="private")
         api_button.click(ask, inputs=[api_image, api_message, api_refs, api_history, api_class, api_threshold, api_tokens,
-                                      api_scale, api_profile],
+                                      api_scale, api_profile, api_defects],
                          outputs=[api_answer, api_result, api_new_history, api_overlay], api_name="ask")
     return demo
 

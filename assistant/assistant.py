@@ -43,6 +43,8 @@ class ChatResult:
     llm_text: str = ""  # the model's own words kept in the answer ('' when the fallback was used)
     image: Image.Image | None = None
     kinds: list = field(default_factory=list)  # defect_kinds.KindMatch per region, with the user's defect examples
+    areas: list = field(default_factory=list)  # evidence.ReferenceArea (or None) per region, with reference photos
+    references: list = field(default_factory=list)  # the reference photos the areas are in
 
     @property
     def anomalous(self) -> bool | None:
@@ -58,6 +60,8 @@ class ChatResult:
                                                                         "threshold": None, "regions": []})
         for region, match in zip(data["regions"], self.kinds):
             region.update(match.to_json())
+        for region, area in zip(data["regions"], self.areas):
+            region["reference_area"] = area.to_json() if area is not None else None
         return data
 
 
@@ -73,6 +77,7 @@ class Assistant:
         self.model = self.tokenizer = self.bridge = None
         self._detections: dict[str, Detection] = {}
         self._kinds: dict[tuple, list] = {}
+        self._areas: dict[str, list] = {}
         # One conversation step at a time: the caches and the model are shared by every session
         # the app serves, and two cores gain nothing from running two steps at once.
         self._lock = threading.RLock()
@@ -156,12 +161,33 @@ class Assistant:
             if llm_text and not repeats(llm_text, [reply, *(t["content"] for t in history if t.get("role") == "assistant")]):
                 reply = f"{reply} {llm_text}"
         kinds = self.kinds(defects, picture, detection, refs, class_name) if defects is not None and detection else []
+        areas = self.reference_areas(picture, detection, refs, class_name) if detection else []
         for note in (grounding.kind_note(intent, detection, message, kinds),
+                     grounding.evidence_note(intent, detection, areas),
                      grounding.closing_note(intent, detection, follow_up)):
             if note:
                 reply = f"{reply} {note}"
         new_history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": reply}]
-        return ChatResult(reply, detection, new_history, intent, llm_text, picture, kinds)
+        return ChatResult(reply, detection, new_history, intent, llm_text, picture, kinds, areas,
+                          refs if areas else [])
+
+    def reference_areas(self, image: Image.Image, detection: Detection, references, class_name: str) -> list:
+        """Where each region's place is on the reference photos (evidence.reference_areas), cached per
+        detection; [] for a normal part, without photos (zero-shot, a profile keeps features only) and
+        for tiled images."""
+        from . import tiling
+        from .evidence import reference_areas
+
+        if (not detection.anomalous or not references or is_built(references) or tiling.applies(self.engine, image)
+                or detection.regions[0].area_fraction >= 1.0):
+            return []
+        key = _key(image, references, class_name, detection.threshold)
+        if key not in self._areas:
+            if len(self._areas) >= 32:
+                self._areas.pop(next(iter(self._areas)))
+            self._areas[key] = reference_areas(self.engine, image, detection, references,
+                                               self.engine.references(references, class_name))
+        return self._areas[key]
 
     def kinds(self, defects, image: Image.Image, detection: Detection, references: list[Image.Image],
               class_name: str) -> list:

@@ -92,9 +92,9 @@ def load_defects(folder: Path | None):
     """The user's defect examples, read and checked before any model loads (None without --defects)."""
     if folder is None:
         return None
-    from .defect_kinds import DefectExamples
+    from .defect_kinds import load_examples
 
-    return DefectExamples.from_folder(folder)
+    return load_examples(folder)
 
 
 def add_profile_arg(parser: argparse.ArgumentParser) -> None:

@@ -42,7 +42,7 @@ def register_ask(sub) -> None:
 def add_defects_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--defects", type=Path, default=None, metavar="DIR",
                         help="labelled defect examples, a folder per kind (DIR/<kind>/*.png, optional <stem>_mask.png "
-                             "or masks/): each anomalous region is matched to the nearest kind")
+                             "or masks/), or a .zip of that folder: each anomalous region is matched to the nearest kind")
 
 
 def run_ask(args) -> int:

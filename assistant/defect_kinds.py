@@ -25,8 +25,10 @@ Pure logic on top of the engine's public API (`prepare`, `encode`, `detect`).
 from __future__ import annotations
 
 import hashlib
+import tempfile
+import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
@@ -48,6 +50,10 @@ STD_FLOOR = 0.1  # a shape feature's spread over the examples is floored at this
 TEMPERATURES = np.geomspace(0.01, 3.0, 49)
 ONE_SHOT_TEMPERATURE = 0.15  # one example per kind, nothing to leave out: calibration error 3 / 8 % (0.1: 11 / 4, 0.2: 7 / 17)
 OPEN_SET_QUANTILE = 0.8  # dev, 50 seeds: the largest smallest margin over the four open-set targets
+# A .zip of examples (the web page's upload) is unpacked only within these bounds: a few hundred
+# examples of a dozen kinds are far below them, a zip bomb or a whole dataset is not.
+ARCHIVE_MAX_FILES = 2000
+ARCHIVE_MAX_BYTES = 1 << 30
 
 
 class DefectKindError(ValueError):
@@ -111,6 +117,64 @@ def _kind_examples(kind_dir: Path) -> list[Example]:
     if orphan is not None:
         raise DefectKindError(f"{orphan}: mask without an image of the same name in {kind_dir}")
     return [Example(kind_dir.name, image, masks.get(image.stem)) for image in images]
+
+
+def load_examples(source) -> "DefectExamples":
+    """The examples of a folder per kind, or of a .zip of that folder."""
+    source = Path(source).expanduser()
+    if source.suffix.lower() == ".zip" and source.is_file():
+        return examples_from_archive(source)
+    return DefectExamples.from_folder(source)
+
+
+def examples_from_archive(archive) -> "DefectExamples":
+    """The examples in a .zip of the examples folder (`<kind>/*.png`, or the folder itself zipped:
+    `defects/<kind>/*.png`), loaded into memory; problems name the archive and the member."""
+    archive = Path(archive)
+    try:
+        with zipfile.ZipFile(archive) as zipped, tempfile.TemporaryDirectory(prefix="defects-") as folder:
+            members = _checked_members(zipped, archive.name)
+            zipped.extractall(folder, members)
+            try:
+                return DefectExamples.from_folder(_examples_root(Path(folder)))
+            except DefectKindError as exc:
+                raise DefectKindError(str(exc).replace(folder, archive.name)) from None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DefectKindError(f"{archive.name}: not a readable .zip of defect examples "
+                              f"({' '.join(str(exc).split())[:120]})") from None
+
+
+def _checked_members(zipped: zipfile.ZipFile, name: str) -> list[zipfile.ZipInfo]:
+    """The archive's files, refused whole if one would land outside the folder or the bounds are passed."""
+    members = [info for info in zipped.infolist() if not info.is_dir() and not _hidden(info.filename)]
+    for info in members:
+        path = PurePosixPath(info.filename.replace("\\", "/"))
+        if path.is_absolute() or ".." in path.parts or ":" in path.parts[0]:
+            raise DefectKindError(f"{name}: member {info.filename!r} would be written outside the examples folder")
+    if len(members) > ARCHIVE_MAX_FILES:
+        raise DefectKindError(f"{name}: {len(members)} files; at most {ARCHIVE_MAX_FILES} examples and masks are taken")
+    if sum(info.file_size for info in members) > ARCHIVE_MAX_BYTES:
+        raise DefectKindError(f"{name}: unpacks to more than {ARCHIVE_MAX_BYTES >> 20} MiB")
+    if not members:
+        raise DefectKindError(f"{name}: the archive holds no files (expected <kind>/*.png, one folder per kind)")
+    return members
+
+
+def _hidden(member: str) -> bool:
+    """Finder and Explorer leave these in archives (__MACOSX/, .DS_Store, Thumbs.db)."""
+    parts = PurePosixPath(member.replace("\\", "/")).parts
+    return any((part.startswith(".") and part not in (".", "..")) or part == "__MACOSX" for part in parts) \
+        or parts[-1] == "Thumbs.db"
+
+
+def _examples_root(folder: Path) -> Path:
+    """FOLDER, or its one subfolder when that alone was zipped (it then holds only kind folders)."""
+    entries = [path for path in folder.iterdir() if not path.name.startswith(".")]
+    if len(entries) == 1 and entries[0].is_dir():
+        inner = [path for path in entries[0].iterdir() if not path.name.startswith(".")]
+        if inner and all(path.is_dir() and path.name != MASK_FOLDER for path in inner):
+            return entries[0]
+    return folder
 
 
 @dataclass

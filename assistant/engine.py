@@ -28,6 +28,12 @@ from .result import Detection, EngineError, Region
 
 log = logging.getLogger(__name__)
 
+# A relative map is divided by its own mean, but not by less than this share of the lowest mean a
+# held-out normal view's map had: a copy of a reference comes to ~0 (float noise, which the division
+# would blow up into "defects"), while no tire test image came below 0.9 of it (dev half, 1 and 4
+# references, 2 seeds), so no figure moves.
+MEAN_FLOOR_SHARE = 0.5
+
 
 class AnomalyEngine:
     def __init__(self, preset: dict | str = "embedded", checkpoint_dir: str | Path | None = None):
@@ -240,15 +246,17 @@ class AnomalyEngine:
         return self.fuse(self.bank_maps(encoded, references.bank), text_maps)
 
     @staticmethod
-    def relative_maps(maps: np.ndarray) -> np.ndarray:
-        """Maps divided by their own mean, so a pose or lighting change that lifts the whole map
-        does not read as a defect."""
-        return maps / np.maximum(maps.mean(axis=(1, 2), keepdims=True), 1e-6)
+    def relative_maps(maps: np.ndarray, floor: float = 1e-6) -> np.ndarray:
+        """Maps divided by their own mean (at least `floor`), so a pose or lighting change that lifts
+        the whole map does not read as a defect."""
+        return maps / np.maximum(maps.mean(axis=(1, 2), keepdims=True), max(floor, 1e-6))
 
     def calibrated(self, maps: np.ndarray, references: ReferenceSet) -> np.ndarray:
-        """Raw maps in threshold units: relative sets' maps relative to their own mean, then in units
-        of the highest held-out normal peak."""
-        return (self.relative_maps(maps) if references.relative else maps) / references.peak_unit
+        """Raw maps in threshold units: relative sets' maps relative to their own mean (floored at the
+        references' `mean_floor`), then in units of the highest held-out normal peak."""
+        if references.relative:
+            maps = self.relative_maps(maps, references.mean_floor)
+        return maps / references.peak_unit
 
     # -- references and threshold -------------------------------------------------------------
     def references(self, images: list[Image.Image] | ReferenceSet, class_name: str = "object",
@@ -294,12 +302,23 @@ class AnomalyEngine:
         return ([f"{flip}+rot{360.0 * step / rotations:g}" for flip in flips for step in range(rotations)],
                 int(pose.get("views", 1)))
 
-    def _new_bank(self, seed: int, views: tuple[list[str], int] | None = None, cover: str | None = None) -> MemoryBank:
+    def _new_bank(self, seed: int, views: tuple[list[str], int] | None = None, cover: str | None = None,
+                  n_images: int = 1) -> MemoryBank:
         cfg = self.bank_cfg
         cover = cover or cfg.get("cover", "greedy")
         names, pose_views = views or (list(cfg.get("augmentations") or ["identity"]), 0)
         return MemoryBank(cfg["levels"], cfg.get("pool", 1), names, cfg.get("max_patches", 50_000),
-                          seed, cfg.get("self_radius", 0), cfg.get("precision", "auto"), cover, pose_views)
+                          seed, self._self_radius(n_images), cfg.get("precision", "auto"), cover, pose_views)
+
+    def _self_radius(self, n_images: int) -> int:
+        """`memory_bank.self_radius`, up to `self_max_references` references (unset: for any number).
+
+        A patch's match elsewhere in its own image stands in for the normal variation one or a few
+        references cannot show (one reference: 4-6 points of image AUROC on every set); many
+        references show it themselves, and there the self-match only lets a defect that repeats
+        within the image vouch for itself (docs/method.md, "Many references")."""
+        cap = self.bank_cfg.get("self_max_references")
+        return int(self.bank_cfg.get("self_radius", 0)) if cap is None or n_images <= int(cap) else 0
 
     def _new_stats(self, originals: list[EncodedImages], relative: bool) -> GlobalStats | None:
         """Whole-image texture statistics, for surfaces with at least two references: on a cropped
@@ -350,7 +369,7 @@ class AnomalyEngine:
     def _build_references(self, images: list[Image.Image], class_name: str, seed: int) -> ReferenceSet:
         relative = self._is_relative([self.prepare(image)[1] != (0, 0, *image.size) for image in images])
         views = self.reference_views(len(images), relative)
-        bank = self._new_bank(seed, views)
+        bank = self._new_bank(seed, views, n_images=len(images))
         n_views = len(bank.augmentations)
         if len(images) == 1 and n_views == 1:  # checked before encoding: nothing could be held out
             raise EngineError("one reference image needs a reference augmentation (e.g. hflip) to set a threshold: add one to the preset or give a second reference image")
@@ -364,6 +383,8 @@ class AnomalyEngine:
         full = ReferenceSet(bank, stats, relative, len(images), threshold=self._margin(relative, len(images)),
                             texture=self._new_texture(per_view, per_view[::n_views], relative))
         held_out_maps, shifts = self._held_out_levels(per_view, len(images), full, class_name, seed, views)
+        if relative:
+            full.mean_floor = MEAN_FLOOR_SHARE * float(min(m.mean() for m in held_out_maps))
         peaks = np.asarray([self.peaks(self.relative_maps(m) if relative else m)[0] for m in held_out_maps])
         full.peak_unit = float(peaks.max())
         full.normal_scores = peaks / full.peak_unit
@@ -390,7 +411,7 @@ class AnomalyEngine:
         for held_out_views in self._held_out_folds(n_images, n_views):
             kept = [index for index in range(len(per_view)) if index not in held_out_views]
             others = [per_view[index] for index in kept]
-            bank = self._new_bank(seed, views, held_out_cover).fit_features([view.levels for view in others],
+            bank = self._new_bank(seed, views, held_out_cover, n_images).fit_features([view.levels for view in others],
                                                                      [index // n_views for index in kept])
             held_out = replace(full, bank=bank)
             stats = self._new_stats(others[::n_views], full.relative) if full.stats is not None else None

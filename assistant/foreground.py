@@ -116,14 +116,20 @@ def rotate_image(array: np.ndarray, degrees: float) -> np.ndarray:
     """`array` turned by `degrees` about its centre. A part on a plain background gets a canvas
     large enough to hold every corner (the crop that follows finds it wherever it is); a surface
     keeps its frame, continued by reflection."""
+    matrix, size = rotation(array, degrees)
+    return warp_keep_size(array, matrix, size=size)
+
+
+def rotation(array: np.ndarray, degrees: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """(2 x 3 affine matrix, canvas width and height) with which `rotate_image` turns `array`."""
     height, width = array.shape[:2]
     matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
     if plain_background(array) is None:
-        return warp_keep_size(array, matrix)
+        return matrix, (width, height)
     cos, sin = abs(matrix[0, 0]), abs(matrix[0, 1])
     new_width, new_height = int(np.ceil(width * cos + height * sin)), int(np.ceil(width * sin + height * cos))
     matrix[:, 2] += ((new_width - width) / 2, (new_height - height) / 2)
-    return warp_keep_size(array, matrix, size=(new_width, new_height))
+    return matrix, (new_width, new_height)
 
 
 def foreground_box(image: Image.Image, margin: float = 0.04) -> tuple[int, int, int, int] | None:

@@ -22,7 +22,7 @@ def add_profile_command(sub) -> None:
     create.add_argument("name", help="profile name: letters, digits, '.', '_' or '-'")
     create.add_argument("--good", required=True, type=Path, help="folder of good images of the product (recursive)")
     create.add_argument("--defects", type=Path, default=None, metavar="DIR",
-                        help="labelled defect examples, a folder per kind (DIR/<kind>/*.png, masks optional)")
+                        help="labelled defect examples, a folder per kind (DIR/<kind>/*.png, masks optional), or a .zip of it")
     create.add_argument("--class-name", default="object", help="what the product is, e.g. tire (default: object)")
     create.add_argument("--replace", action="store_true", help="replace a profile of that name")
     add_model_args(create)

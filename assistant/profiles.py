@@ -115,13 +115,13 @@ def create(engine, name: str, good: list[Path], class_name: str = "object", defe
     from . import tiling
     from .checkpoint import save_json, save_tensors
     from .data.staging import staged_folder
-    from .defect_kinds import DefectExamples, DescribedDefects
+    from .defect_kinds import DescribedDefects, load_examples
     from .images import load_image
 
     destination = check_free(name, replace)
     if not good:
         raise ProfileError("no good images given")
-    examples = DefectExamples.from_folder(defects_dir) if defects_dir is not None else None
+    examples = load_examples(defects_dir) if defects_dir is not None else None
     images = [load_image(path, name=f"good image {path.name}") for path in good]
     if progress:
         progress(f"building the reference set from {len(images)} good images")

@@ -28,6 +28,9 @@ class ReferenceSet:
     global_unit: float = 1.0  # texture-statistics unit: largest held-out normal shift (one reference: its tile spread)
     texture_normal: float = 1.0  # shift, in global units, up to which texture counts as normal
     normal_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # held-out map peaks / peak_unit
+    # Relative sets: what a query map's own mean is floored at before the map is divided by it, a
+    # share of the lowest held-out normal map's mean (engine.MEAN_FLOOR_SHARE).
+    mean_floor: float = 1e-6
     threshold: float = 1.0
     texture: TextureBank | None = None  # window statistics of surface references (objects: None)
     fingerprint: str = ""  # what it was built from (images, class, seed): the key caches and profiles use
@@ -42,7 +45,7 @@ class ReferenceSet:
         tensors["normal_scores"] = torch.as_tensor(np.asarray(self.normal_scores, np.float32))
         meta.update(relative=self.relative, n_images=self.n_images, peak_unit=self.peak_unit,
                     global_unit=self.global_unit, texture_normal=self.texture_normal, threshold=self.threshold,
-                    fingerprint=self.fingerprint)
+                    fingerprint=self.fingerprint, mean_floor=self.mean_floor)
         for name, part in (("stats", self.stats), ("texture", self.texture)):
             if part is not None:
                 part_tensors, meta[name] = part.state(f"{name}.")
@@ -56,7 +59,7 @@ class ReferenceSet:
                    relative=bool(meta["relative"]), n_images=int(meta["n_images"]),
                    peak_unit=float(meta["peak_unit"]), global_unit=float(meta["global_unit"]),
                    texture_normal=float(meta["texture_normal"]), normal_scores=tensors["normal_scores"].numpy(),
-                   threshold=float(meta["threshold"]),
+                   threshold=float(meta["threshold"]), mean_floor=float(meta.get("mean_floor", 1e-6)),
                    texture=TextureBank.restore(tensors, meta["texture"], "texture.", device) if "texture" in meta else None,
                    fingerprint=str(meta["fingerprint"]))
 

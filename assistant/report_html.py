@@ -95,12 +95,21 @@ def _bar(score: float, threshold: float) -> str:
 
 
 def _positions(regions: list[dict]) -> str:
-    if any("kind" in region for region in regions):  # defect examples given: each region with its kind
-        return ", ".join(f"{_e(region['position'])}: {_e(kind_label(region))}" for region in regions)
+    if any("kind" in region or region.get("reference_area") for region in regions):  # each region on its own
+        return ", ".join(_e(region["position"]) + (f": {_e(kind_label(region))}" if "kind" in region else "")
+                         + _reference_place(region) for region in regions)
     counts: dict[str, int] = {}
     for region in regions:
         counts[region["position"]] = counts.get(region["position"], 0) + 1
     return ", ".join(_e(p) + (f" (&times;{n})" if n > 1 else "") for p, n in counts.items())
+
+
+def _reference_place(region: dict) -> str:
+    area = region.get("reference_area")
+    if not area:
+        return ""
+    box = " ".join(str(v) for v in area["box"])
+    return f" <span class='muted'>(reference {area['reference']}: {_e(area['position'])}, [{box}])</span>"
 
 
 def _speed(summary: dict) -> str:

@@ -164,12 +164,14 @@ def tile_engine(engine: AnomalyEngine) -> AnomalyEngine:
     """The engine with its encoder and text map shared, but without a foreground crop per tile and
     with absolute maps. The whole image is cropped once before it is cut; a crop per tile would
     enlarge each tile by its own factor, and a relative map (divided by its own mean) would make a
-    tile of background and a tile of part incomparable."""
+    tile of background and a tile of part incomparable. The tiles of a few images are not many
+    references, so their bank keeps the self-similarity however many tiles it holds."""
     view = _TILE_ENGINES.get(engine)
     if view is None:
         view = copy.copy(engine)
-        view.preset = deep_merge(engine.preset, {"anomaly_map": {"crop": "none", "relative": False}})
-        view.map_cfg = view.preset["anomaly_map"]
+        view.preset = deep_merge(engine.preset, {"anomaly_map": {"crop": "none", "relative": False},
+                                                 "memory_bank": {"self_max_references": None}})
+        view.map_cfg, view.bank_cfg = view.preset["anomaly_map"], view.preset["memory_bank"]
         view._reference_cache = {}  # tile reference sets apart from the engine's own
         _TILE_ENGINES[engine] = view
     return view

@@ -30,15 +30,22 @@ def region_crops(image: Image.Image, detection: Detection, limit: int = 5, conte
     crops = []
     for region in detection.regions[:limit]:
         x0, y0, x1, y1 = region.box
-        pad_x = max(context * (x1 - x0), (min_side - (x1 - x0)) / 2, 0)
-        pad_y = max(context * (y1 - y0), (min_side - (y1 - y0)) / 2, 0)
-        box = (max(0, round(x0 - pad_x)), max(0, round(y0 - pad_y)),
-               min(image.width, round(x1 + pad_x)), min(image.height, round(y1 + pad_y)))
-        crop = image.crop(box).convert("RGB")
-        draw = ImageDraw.Draw(crop)
-        draw.rectangle((x0 - box[0], y0 - box[1], x1 - box[0] - 1, y1 - box[1] - 1), outline=(255, 40, 40),
-                       width=max(1, round(max(crop.size) / 200)))
-        if max(crop.size) > max_side:
-            crop.thumbnail((max_side, max_side))
-        crops.append((crop, f"{region.position}: {x1 - x0}x{y1 - y0} px at ({x0}, {y0})"))
+        crops.append((outlined_crop(image, region.box, context, min_side, max_side),
+                      f"{region.position}: {x1 - x0}x{y1 - y0} px at ({x0}, {y0})"))
     return crops
+
+
+def outlined_crop(image: Image.Image, box: tuple[int, int, int, int], context: float = 0.5, min_side: int = 96,
+                  max_side: int = 1024, colour: tuple[int, int, int] = (255, 40, 40)) -> Image.Image:
+    """`box` of `image` with `context` x its size around it, outlined in `colour`."""
+    x0, y0, x1, y1 = box
+    pad_x = max(context * (x1 - x0), (min_side - (x1 - x0)) / 2, 0)
+    pad_y = max(context * (y1 - y0), (min_side - (y1 - y0)) / 2, 0)
+    shown = (max(0, round(x0 - pad_x)), max(0, round(y0 - pad_y)),
+             min(image.width, round(x1 + pad_x)), min(image.height, round(y1 + pad_y)))
+    crop = image.crop(shown).convert("RGB")
+    ImageDraw.Draw(crop).rectangle((x0 - shown[0], y0 - shown[1], x1 - shown[0] - 1, y1 - shown[1] - 1),
+                                   outline=colour, width=max(1, round(max(crop.size) / 200)))
+    if max(crop.size) > max_side:
+        crop.thumbnail((max_side, max_side))
+    return crop

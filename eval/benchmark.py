@@ -26,6 +26,8 @@ from assistant.data.datasets import IMAGE_SUFFIXES
 from assistant.engine import AnomalyEngine, anomalous_regions, place_map
 from assistant.images import load_image
 
+from .benchmarks_doc import busy
+
 SHOTS = (1, 4, 64)
 BACKENDS = ("torch", "onnx", "onnx-int8")
 STAGES = ("decode", "prepare", "encode", "maps_score", "regions", "answer")
@@ -121,7 +123,7 @@ def backend_report(preset: dict, checkpoint_dir: str | None, query_files: list[b
         references = assistant.engine.references(reference_images[:k], "part")
         build = time.perf_counter() - began
         row = stage_times(assistant, query_files, reference_images[:k], "part", repeats)
-        row.update(build_s=build, patches=sum(int(bank.shape[0]) for bank in references.bank.banks))
+        row.update(build_s=build, patches=references.bank.n_patches())
         report["shots"][k] = row
     return report
 
@@ -141,6 +143,9 @@ def run_benchmark(preset: str = "embedded", checkpoint_dir: str | None = None, f
     reference_images = [load_image(data) for data in reference_files]
     report = {"command": command, "machine": machine(), "preset": base.get("name", preset), "folder": folder or "synthetic noise",
               "queries": len(query_files), "repeats": repeats, "backends": {}}
+    if busy(report["machine"]):
+        print(f"warning: 1-minute load average {report['machine']['load_average_1min']} at the start: other work "
+              "is running, so these times are inflated (on 2 cores a concurrent job doubles them); run on an idle machine")
     for backend in backends:
         settings = deep_merge(base, {"encoder": {"backend": backend}})
         report["backends"][backend] = backend_report(settings, checkpoint_dir, query_files, reference_images, shots, repeats)

@@ -5,7 +5,6 @@ Set ANOMALY_APP_URL=http://127.0.0.1:PORT/ to run the app tests against a server
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from eval.memory_benchmark import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 APP_START_TIMEOUT_S = 420
@@ -25,12 +26,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # Profiles the tests make (and the app and CLI subprocesses, which inherit this) stay out of the user's folder.
 os.environ["ANOMALY_ASSISTANT_HOME"] = tempfile.mkdtemp(prefix="anomaly-assistant-tests-")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def cli_command(*args: str) -> list[str]:

@@ -146,6 +146,36 @@ def test_too_large_upload_is_refused_and_server_keeps_serving(app_server, bad_in
     assert answer and result["anomalous"] is False
 
 
+def test_uploaded_defect_examples_name_the_kind_and_a_bad_archive_is_one_line(app_server, tire_dir, tmp_path):
+    """/ask with a .zip of labelled examples (its last input): every region gets one of the user's
+    kinds or none, and "What kind of defect is it?" is answered with them."""
+    from test_defect_kinds import copy_examples, masked, zip_folder
+
+    defects = tmp_path / "defects"
+    for kind in ("contamination", "cut", "hole"):
+        copy_examples(defects, kind, masked(tire_dir, kind)[:3])
+    archive = zip_folder(defects, tmp_path / "tire-defects.zip", "defects/")
+    query = masked(tire_dir, "contamination")[6][0]
+    reference = sorted((tire_dir / "train" / "good").iterdir())[0]
+    c = client(app_server.url)
+
+    def ask_kind(examples):
+        return c.predict(handle_file(str(query)), "What kind of defect is it?", [handle_file(str(reference))], [],
+                         "tire", 0, SHORT, 0, "", handle_file(str(examples)), api_name="/ask")
+
+    answer, result, _, _ = ask_kind(archive)
+    assert result["anomalous"] is True and result["regions"]
+    assert all(region["kind"] in ("contamination", "cut", "hole", None) for region in result["regions"])
+    assert "It looks most like a *" in answer or "none of the kinds you gave me" in answer, answer
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"PK not really")
+    with pytest.raises(Exception) as caught:
+        ask_kind(broken)
+    assert_one_clear_line(str(caught.value), "broken.zip", "not a readable .zip")
+    answer, result, _, _ = ask(c, query, references=[reference], class_name="tire")
+    assert answer and result["anomalous"] is True
+
+
 def test_page_endpoint_answers_problems_in_the_chat_without_keeping_them(app_server, textile, bad_inputs):
     """/chat (what the page calls) shows a problem as one chat line and leaves the session's history alone."""
     c = client(app_server.url)

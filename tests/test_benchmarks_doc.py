@@ -161,6 +161,8 @@ def test_the_speed_and_memory_figures_are_the_benchmark_runs_own():
             shown = next(r for r in rows if r[0] == backend and r[1] == shots)
             assert shown[detect] == f"{row['detect_ms']:.1f}"
     assert f"- end to end, 1 reference: {data['detect_ms']:.1f} ms (target 150 ms)" in lines
+    busy_line = [line for line in lines if line.startswith("- machine:") and "torch threads" in line and "load average" in line]
+    assert ("the machine was busy" in busy_line[0]) == (data["machine"]["load_average_1min"] > 0.5)
     _, rows = tables_after(lines, lines.index("### Memory (`eval/memory_benchmark.py`)"))
     figures = {row[0]: row[1] for row in rows}
     peak = json.loads(memory.read_text(encoding="utf-8"))["inspect_peak_mib"]

@@ -117,3 +117,40 @@ def test_save_the_uploaded_references_as_a_profile_and_ask_with_it(browser, app_
     assert "profile 'tire-browser'" in verdict.inner_text() and "1 reference" in verdict.inner_text()
     assert not errors, errors
     page.close()
+
+
+def test_defect_kinds_and_the_reference_place_in_the_page(browser, app_server, tire_dir, tmp_path):
+    """Defect examples uploaded as a .zip name the kind; "Compare it with the reference" shows the
+    region and the same place on the reference side by side. Leaves out/screenshots/defect_kind.png."""
+    from test_defect_kinds import copy_examples, masked, zip_folder
+
+    defects = tmp_path / "defects"
+    for kind in ("contamination", "cut", "hole"):
+        copy_examples(defects, kind, masked(tire_dir, kind)[:3])
+    archive = zip_folder(defects, tmp_path / "tire-defects.zip", "defects/")
+    query, reference = masked(tire_dir, "contamination")[6][0], sorted((tire_dir / "train" / "good").glob("*.jpg"))[0]
+    page, errors = _open(browser, app_server.url, 1300)
+    page.locator("#query-image input[type=file]").set_input_files(str(query))
+    page.locator("#references input[type=file]").set_input_files([str(reference)])
+    page.locator("#references").get_by_text(reference.name).first.wait_for(timeout=30_000)
+    page.locator("#class-name textarea, #class-name input").first.fill("tire")
+    page.locator("#defect-kinds-box").get_by_text("Defect kinds (optional)").first.click()
+    page.locator("#defect-examples input[type=file]").set_input_files(str(archive))
+    page.locator("#defect-examples").get_by_text(archive.name).first.wait_for(timeout=30_000)
+
+    page.locator("#message textarea").fill("What kind of defect is it?")
+    page.locator("#send").click()
+    page.wait_for_function("() => /looks most like|none of the kinds you gave me/.test("
+                           "document.querySelector('#chatbot').innerText)", timeout=ANSWER_TIMEOUT_MS)
+    page.locator("#message textarea").fill("Compare it with the reference")
+    page.locator("#send").click()
+    page.wait_for_function("() => /reference 1/.test((document.querySelector('#chatbot').innerText"
+                           ".split('Compare it with the reference')[1] || ''))", timeout=ANSWER_TIMEOUT_MS)
+    page.wait_for_function("() => document.querySelectorAll('#region-zoom img').length >= 2", timeout=60_000)
+    assert "reference 1, same place" in page.locator("#region-zoom").inner_text()
+    page.wait_for_timeout(500)
+    shot = SCREENSHOT.with_name("defect_kind.png")
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    assert not errors, errors
+    page.close()

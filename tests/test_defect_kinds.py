@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from assistant.defect_kinds import DefectExamples, DefectKindError, KindMatcher, describe, find_examples, load_example
+from assistant.defect_kinds import (DefectExamples, DefectKindError, KindMatcher, describe, examples_from_archive,
+                                    find_examples, load_example, load_examples)
 from conftest import run_cli
 
 
@@ -92,6 +94,58 @@ def copy_examples(root, kind: str, pairs) -> None:
     for image, mask in pairs:
         shutil.copy(image, root / kind / image.name)
         shutil.copy(mask, root / kind / f"{image.stem}_mask.png")
+
+
+def zip_folder(folder, archive, inside: str = "", extra: dict | None = None):
+    """FOLDER's files zipped as a user's file manager does, under INSIDE/, with EXTRA members added."""
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zipped.write(path, f"{inside}{path.relative_to(folder).as_posix()}")
+        for name, data in (extra or {}).items():
+            zipped.writestr(name, data)
+    return archive
+
+
+def test_a_zip_of_the_examples_folder_loads_as_the_folder_does(tire_dir, tmp_path):
+    """Kinds at the top of the archive or the folder itself zipped, with a file manager's litter: the
+    same examples, masks and images as the folder gives, held in memory once the archive is unpacked."""
+    defects = tmp_path / "defects"
+    for kind in ("cut", "hole"):
+        copy_examples(defects, kind, masked(tire_dir, kind)[:2])
+    expected = DefectExamples.from_folder(defects)
+    litter = {"__MACOSX/cut/._x.png": b"", "defects/.DS_Store": b""}
+    for name, inside in (("kinds.zip", ""), ("folder.zip", "defects/")):
+        loaded = load_examples(zip_folder(defects, tmp_path / name, inside, litter if inside else None))
+        assert loaded.kinds == expected.kinds and loaded.labels == expected.labels
+        for got, want in zip(loaded.examples, expected.examples):
+            assert got.example.image.name == want.example.image.name
+            assert got.image.size == want.image.size and np.array_equal(got.mask, want.mask)
+            assert np.array_equal(np.asarray(got.image), np.asarray(want.image))
+    assert load_examples(defects).labels == expected.labels  # a folder still loads as a folder
+
+
+def test_unsafe_or_broken_archives_give_one_line_naming_the_archive(tmp_path):
+    good = write_image(tmp_path / "src" / "cut" / "a.png")
+    cases = {
+        "escape.zip": ({"../../evil.png": good.read_bytes()}, "outside the examples folder"),
+        "absolute.zip": ({"/etc/evil.png": good.read_bytes()}, "outside the examples folder"),
+        "empty.zip": ({}, "holds no files"),
+        "text.zip": ({"cut/a.png": good.read_bytes(), "cut/notes.txt": b"hi"}, "text.zip/cut/notes.txt: not an image"),
+        "loose.zip": ({"a.png": good.read_bytes()}, "no kind folders"),
+    }
+    for name, (members, expected) in cases.items():
+        with zipfile.ZipFile(tmp_path / name, "w") as zipped:
+            for member, data in members.items():
+                zipped.writestr(member, data)
+        with pytest.raises(DefectKindError) as error:
+            examples_from_archive(tmp_path / name)
+        message = str(error.value)
+        assert expected in message and "\n" not in message and str(tmp_path) not in message, (name, message)
+    (tmp_path / "fake.zip").write_bytes(b"not a zip at all")
+    with pytest.raises(DefectKindError, match="fake.zip: not a readable .zip"):
+        load_examples(tmp_path / "fake.zip")
+    assert not (tmp_path.parent / "evil.png").exists()
 
 
 @pytest.fixture(scope="module")

@@ -145,6 +145,15 @@ def test_one_object_reference_measures_its_threshold(engine, tire_dir):
     assert engine.references([reference], "tire").relative and not detection.threshold_estimated
 
 
+def test_a_copy_of_the_reference_is_normal(engine, tire_dir, magnetic_tile_dir):
+    """The reference photo asked about itself: its map is ~0 everywhere, which a relative map must not
+    divide into defects (the mean floor), for an object as for a surface."""
+    for folder, name in ((tire_dir, "tire"), (magnetic_tile_dir, "magnetic tile")):
+        reference = open_rgb(sorted((folder / "train" / "good").iterdir())[0])
+        detection = engine.detect(reference.copy(), [reference], name)
+        assert not detection.anomalous and detection.score < 0.5 * detection.threshold, (name, detection.score)
+
+
 def test_reference_views_turn_objects_within_the_budget(engine):
     """One reference of an object is turned 12 times (x 2 flips), four references 3 times each, 64
     share the preset's plain augmentations as far as the view budget allows; a surface is never turned."""
@@ -159,6 +168,19 @@ def test_reference_views_turn_objects_within_the_budget(engine):
     assert engine.reference_views(32, relative=True) == (pooled[:2], 0)
     assert engine.reference_views(64, relative=True) == (pooled[:1], 0)
     assert engine.reference_views(256, relative=False) == (pooled[:1], 0)
+
+
+def test_self_similarity_stops_at_many_references_but_not_for_tiles(engine):
+    """Up to `self_max_references` references a patch may also match its own image; from there on the
+    references show the variation themselves. Tiles of one image are not many references."""
+    from assistant import tiling
+
+    cap = engine.bank_cfg["self_max_references"]
+    radius = engine.bank_cfg["self_radius"]
+    assert radius > 0 and engine._new_bank(0, n_images=1).self_radius == radius
+    assert engine._new_bank(0, n_images=cap).self_radius == radius
+    assert engine._new_bank(0, n_images=cap + 1).self_radius == 0
+    assert tiling.tile_engine(engine)._new_bank(0, n_images=200).self_radius == radius
 
 
 def test_a_turned_tire_is_matched_against_turned_views_of_its_reference(tire_dir):
@@ -339,6 +361,13 @@ def test_random_cover_keeps_distinct_bank_rows_and_unknown_covers_are_refused():
     assert random_subset(bank[:50], 100).shape == (50, 16)  # under the cap: the whole bank
     with pytest.raises(ValueError, match="cover"):
         MemoryBank([1], cover="kmeans")
+
+
+def test_a_bank_counts_the_patches_of_every_level_and_turned_view():
+    levels = [torch.randn(1, 8, 6, 6), torch.randn(1, 8, 3, 3)]
+    pooled = MemoryBank([0, 1], pool=1).fit_features([levels, levels])
+    posed = MemoryBank([0, 1], pool=1, pose_views=1).fit_features([levels, levels, levels], [0, 0, 0])
+    assert pooled.n_patches() == 2 * (36 + 9) and posed.n_patches() == 3 * (36 + 9)
 
 
 def test_area_resize_keeps_aspect_and_encodes_mixed_sizes(engine, textile_images):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..foreground import rotate_image
+from ..foreground import rotate_image, rotation
 
 
 AUGMENTATIONS = {
@@ -39,6 +39,21 @@ def augmentation(name: str):
         if degrees is not None:
             return lambda im: rotate_any(AUGMENTATIONS[flip or "identity"](im), degrees)
     raise ValueError(f"unknown reference augmentation {name!r}; choose from {sorted(AUGMENTATIONS)} or rot<degrees>")
+
+
+def view_matrix(name: str, image: Image.Image) -> np.ndarray:
+    """3 x 3 affine matrix taking a point of `image` (pixels) to the same point of its view `name`."""
+    width, height = image.size
+    plain = {"identity": ((1, 0, 0), (0, 1, 0)), "hflip": ((-1, 0, width), (0, 1, 0)),
+             "vflip": ((1, 0, 0), (0, -1, height)), "rot90": ((0, 1, 0), (-1, 0, width)),
+             "rot180": ((-1, 0, width), (0, -1, height)), "rot270": ((0, -1, height), (1, 0, 0))}
+    if name in plain:
+        return np.vstack([np.asarray(plain[name], dtype=np.float64), (0, 0, 1)])
+    augmentation(name)  # an unknown name is refused as the bank refuses it
+    flip, _, rest = name.rpartition("+")
+    flipped = AUGMENTATIONS[flip or "identity"](image)
+    turn, _ = rotation(np.asarray(flipped.convert("RGB")), float(rest[3:]))
+    return np.vstack([turn, (0, 0, 1)]) @ view_matrix(flip or "identity", image)
 
 
 def augment(images: list[Image.Image], names: list[str]) -> list[Image.Image]:
@@ -246,6 +261,11 @@ class MemoryBank:
         else:
             bank.banks = [tensors[f"{prefix}{level}"].to(device, dtype) for level in range(n_levels)]
         return bank
+
+    def n_patches(self) -> int:
+        """Patches held over all levels (and, for a pose bank, over all turned views)."""
+        return sum(int(bank.shape[0]) for bank in self.banks) + sum(
+            int(bank.shape[0]) for banks in self.view_banks for bank in banks)
 
     def choose_views(self, key: torch.Tensor) -> list[int]:
         """Views of each reference image whose patches the query's `key` patches (N x C, the
