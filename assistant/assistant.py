@@ -149,7 +149,9 @@ class Assistant:
                                                          for i, ref in enumerate(references or [])]
         class_name = (class_name or "object").strip() or "object"
         intent, _ = self.intents.classify(message)
-        detection = self.detect(picture, refs, class_name, threshold) if picture is not None else None
+        # One key for every cache of this image: hashing 64 reference photos costs ~30 ms each time.
+        key = _key(picture, refs, class_name, threshold) if picture is not None else None
+        detection = self.detect(picture, refs, class_name, threshold, key) if picture is not None else None
         question = read_question(message, history, picture.size if picture is not None else (0, 0),
                                  scale, threshold_set_by_user=threshold is not None)
         follow_up = question.follow_up
@@ -160,8 +162,8 @@ class Assistant:
                 self.llm_text(picture, detection, history, question, intent, max_new_tokens), detection)
             if llm_text and not repeats(llm_text, [reply, *(t["content"] for t in history if t.get("role") == "assistant")]):
                 reply = f"{reply} {llm_text}"
-        kinds = self.kinds(defects, picture, detection, refs, class_name) if defects is not None and detection else []
-        areas = self.reference_areas(picture, detection, refs, class_name) if detection else []
+        kinds = self.kinds(defects, picture, detection, refs, class_name, key) if defects is not None and detection else []
+        areas = self.reference_areas(picture, detection, refs, class_name, key) if detection else []
         for note in (grounding.kind_note(intent, detection, message, kinds),
                      grounding.evidence_note(intent, detection, areas),
                      grounding.closing_note(intent, detection, follow_up)):
@@ -171,7 +173,8 @@ class Assistant:
         return ChatResult(reply, detection, new_history, intent, llm_text, picture, kinds, areas,
                           refs if areas else [])
 
-    def reference_areas(self, image: Image.Image, detection: Detection, references, class_name: str) -> list:
+    def reference_areas(self, image: Image.Image, detection: Detection, references, class_name: str,
+                        key: str | None = None) -> list:
         """Where each region's place is on the reference photos (evidence.reference_areas), cached per
         detection; [] for a normal part, without photos (zero-shot, a profile keeps features only) and
         for tiled images."""
@@ -181,7 +184,7 @@ class Assistant:
         if (not detection.anomalous or not references or is_built(references) or tiling.applies(self.engine, image)
                 or detection.regions[0].area_fraction >= 1.0):
             return []
-        key = _key(image, references, class_name, detection.threshold)
+        key = key or _key(image, references, class_name, detection.threshold)
         if key not in self._areas:
             if len(self._areas) >= 32:
                 self._areas.pop(next(iter(self._areas)))
@@ -190,10 +193,10 @@ class Assistant:
         return self._areas[key]
 
     def kinds(self, defects, image: Image.Image, detection: Detection, references: list[Image.Image],
-              class_name: str) -> list:
+              class_name: str, key: str | None = None) -> list:
         """The kind each region of an anomalous detection looks like, cached per detection and example
         set: describing a region encodes a crop of it, which follow-up questions need not repeat."""
-        key = (_key(image, references, class_name, detection.threshold), id(defects))
+        key = (key or _key(image, references, class_name, detection.threshold), id(defects))
         if key not in self._kinds:
             if len(self._kinds) >= 32:
                 self._kinds.pop(next(iter(self._kinds)))
@@ -201,9 +204,10 @@ class Assistant:
         return self._kinds[key]
 
     def detect(self, image: Image.Image, references: list[Image.Image], class_name: str,
-               threshold: float | None) -> Detection:
-        """Engine result, cached so follow-up questions about the same image cost no recomputation."""
-        key = _key(image, references, class_name, threshold)
+               threshold: float | None, key: str | None = None) -> Detection:
+        """Engine result, cached so follow-up questions about the same image cost no recomputation
+        (`key`: this image's `_key`, when the caller has it)."""
+        key = key or _key(image, references, class_name, threshold)
         if key not in self._detections:
             if len(self._detections) >= 32:
                 self._detections.pop(next(iter(self._detections)))

@@ -480,6 +480,45 @@ def memory_section(data: dict) -> list[str]:
             + _table(["process", "resident memory", "notes"], rows) + [""])
 
 
+KINDS_SUFFIX = "_kinds.json"
+KIND_COLUMNS = (("defect_kind_accuracy", "kind accuracy"), ("open_set_rejection", "left-out kind rejected"),
+                ("open_set_known_accuracy", "known kinds then correct"), ("kind_confidence_ece", "confidence ECE"))
+
+
+def is_kinds_run(name: str, data: dict) -> bool:
+    return name.endswith(KINDS_SUFFIX) and all(isinstance(v, dict) and "defect_shots" in v for v in data.values())
+
+
+def kinds_section(runs: dict[str, dict]) -> list[str]:
+    """`anomaly-assistant eval-kinds`: kind accuracy (balanced over kinds) and open-set rejection, per
+    set, half of the anomalous test images and examples per kind; query regions from the masks or
+    from the engine's own strongest region."""
+    rows = []
+    for name, data in runs.items():
+        if not is_kinds_run(name, data):
+            continue
+        category = name[:-len(KINDS_SUFFIX)]
+        for key, entry in data.items():
+            half = entry.get("subset", "all")
+            for regions, figures in (("mask", entry), ("engine", entry.get("engine_region") or {})):
+                if "defect_kind_accuracy" in figures:
+                    rows.append([f"`{name}`", category, half, regions, str(entry["defect_shots"]), str(entry["seeds"]),
+                                 str(entry.get("queries", "?")), *[cell(figures.get(k)) for k, _ in KIND_COLUMNS]])
+    if not rows:
+        return []
+    return (["## Defect kinds (`anomaly-assistant eval-kinds`)", "",
+             "- command: `anomaly-assistant eval-kinds --data ../shared/datasets --category SET --defect-shots 1 3 5 "
+             "--seeds 5 --subset dev holdout --regions both --output docs/eval/SET_kinds.json`",
+             "- K labelled examples per kind drawn from the set's anomalous test images of that half, the rest of "
+             "the half as queries; the method's constants were chosen on `dev` (docs/method.md, \"Defect kinds "
+             "from labelled examples\"). Regions: `mask` describes each query by its ground-truth mask, `engine` by "
+             "the engine's strongest region against one reference. Rejection: one kind left out of the examples, "
+             "the share of its images called \"none of these\", while the known kinds are then still correct as "
+             "the next column says.", ""]
+            + _table(["run", "set", "half", "regions", "K", "seeds", "queries", *[t for _, t in KIND_COLUMNS]], rows)
+            + [""])
+
+
 def speed_sections(runs: dict[str, dict]) -> list[str]:
     lines = []
     if BENCH_FILE in runs:
@@ -560,6 +599,7 @@ def render(runs: dict[str, dict], preset: dict) -> str:
     if MATRIX_FILE in runs and is_matrix(runs[MATRIX_FILE]):
         lines += matrix_section(MATRIX_FILE, runs[MATRIX_FILE])
     lines += line_scale_sections(runs)
+    lines += kinds_section(runs)
     lines += speed_sections(runs)
     lines += variants_section(runs)
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -167,3 +167,20 @@ def test_the_speed_and_memory_figures_are_the_benchmark_runs_own():
     figures = {row[0]: row[1] for row in rows}
     peak = json.loads(memory.read_text(encoding="utf-8"))["inspect_peak_mib"]
     assert any(value == f"peak {peak} MiB" for value in figures.values())
+
+
+def test_the_defect_kind_figures_are_the_eval_kinds_runs_own():
+    runs = {path.name: json.loads(path.read_text(encoding="utf-8")) for path in EVAL_DIR.glob("*_kinds.json")}
+    if not runs:
+        pytest.skip("no eval-kinds run in docs/eval")
+    lines = DOC.read_text(encoding="utf-8").splitlines()
+    header, rows = tables_after(lines, lines.index("## Defect kinds (`anomaly-assistant eval-kinds`)"))
+    accuracy = header.index("kind accuracy")
+    for name, data in runs.items():
+        for entry in data.values():
+            for regions, figures in (("mask", entry), ("engine", entry.get("engine_region") or {})):
+                if "defect_kind_accuracy" not in figures:
+                    continue
+                shown = next(r for r in rows if r[0] == f"`{name}`" and r[2] == entry["subset"] and r[3] == regions
+                             and r[4] == str(entry["defect_shots"]))
+                assert shown[accuracy] == benchmarks_doc.cell(figures["defect_kind_accuracy"])
