@@ -28,16 +28,11 @@ OVERLAY_DIR = "overlays"
 
 
 def format_regions(regions: list[dict]) -> str:
-    """"top left [x0 y0 x1 y1] cut (reference 1 [x0 y0 x1 y1])" per region: its box, its kind when
-    defect examples were given, and the same place on a reference photo when one was found."""
-    return "; ".join(f"{r['position']} [{_box(r['box'])}]" + (f" {kind_label(r)}" if "kind" in r else "")
-                     + (f" (reference {r['reference_area']['reference']} [{_box(r['reference_area']['box'])}])"
-                        if r.get("reference_area") else "")
+    """"top left [x0 y0 x1 y1] cut" per region: its box and, when defect examples were given, its
+    kind. The place on a reference photo is left to the HTML report: a profile keeps no photos, and
+    the CSV of a run with a profile is the CSV of the same run with its images."""
+    return "; ".join(f"{r['position']} [{' '.join(str(v) for v in r['box'])}]" + (f" {kind_label(r)}" if "kind" in r else "")
                      for r in regions)
-
-
-def _box(box) -> str:
-    return " ".join(str(v) for v in box)
 
 
 @dataclass

@@ -70,6 +70,7 @@ def test_inspect_folder_with_bad_files(textile, bad_inputs, tmp_path):
     assert "<style>" in page and "data:image/jpeg;base64," in page
     assert not re.search(r"(src|href)=['\"]https?://", page)  # self-contained
     assert "ANOMALOUS" in page and "Unreadable files (3)" in page and "text.png" in page
+    assert "(reference 1: " in page  # the defect's place on the reference photo
     assert page.index(html.escape(note)) < page.index("a_normal.png")
     assert page.index("b_defect.png") < page.index("a_normal.png")  # ordered by score
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
