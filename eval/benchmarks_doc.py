@@ -64,8 +64,6 @@ CURRENT = (
 # the text map read only the 448 px encoding (shipped: the mean of 448 px and ~256 px). "No score
 # border": map peaks read up to the view's edges (shipped: 3 cells in). "Unscaled texture map": the
 # texture map's excess not multiplied by the text map's factor.
-SELF_64 = "self-similarity at 64 references (no `self_max_references`)"
-SELF_16 = "self-similarity at 16 references (no `self_max_references`)"
 VARIANTS = {
     "magnetic_tile_0shot_self_map_only": "self map alone (no text map)",
     "magnetic_tile_0shot_text_map_only_trained": "trained text map alone, 448 px text map",
@@ -86,44 +84,7 @@ VARIANTS = {
     "magnetic_tile_4shot_fused": "448 px text map, no texture map, no score border",
     "magnetic_tile_4shot_texture_map": "448 px text map, unscaled texture map, no score border",
     "magnetic_tile_4shot_texture_scaled": "no score border",
-    "magnetic_tile_64shot_dev": "the shipped engine (`self_radius` 0 as `self_max_references` gives it); dev half",
-    "magnetic_tile_64shot_dev_self": SELF_64 + "; dev half",
-    "magnetic_tile_64shot_dev_four_views": "four views of every reference (no view budget); " + SELF_64 + "; dev half",
-    "magnetic_tile_64shot_dev_pool3": "3 x 3 pooled bank patches, four views of every reference; " + SELF_64 + "; dev half",
     "magnetic_tile_64shot_dev_no_self": "four views of every reference (no view budget); dev half",
-    "magnetic_tile_64shot_holdout_self": SELF_64 + "; holdout half",
-    "magnetic_tile_64shot_holdout_four_views_self": "four views of every reference (no view budget); " + SELF_64
-                                                    + "; holdout half",
-    "magnetic_tile_16shot_dev": "the shipped engine (`self_radius` 0 as `self_max_references` gives it); dev half",
-    "magnetic_tile_16shot_dev_self": SELF_16 + "; dev half",
-    "magnetic_tile_16shot_holdout": "the shipped engine (`self_radius` 0 as `self_max_references` gives it); holdout half",
-    "magnetic_tile_16shot_holdout_self": SELF_16 + "; holdout half",
-    "magnetic_tile_4shot_dev": "the shipped engine; dev half",
-    "magnetic_tile_4shot_dev_no_self": "no self-similarity (`self_radius` 0); dev half",
-    "tire_64shot_dev": "the shipped engine (`self_radius` 0 as `self_max_references` gives it); dev half",
-    "tire_64shot_dev_self": SELF_64 + "; dev half",
-    "tire_64shot_dev_four_views": "four views of every reference (no view budget); " + SELF_64 + "; dev half",
-    "tire_64shot_dev_pool3": "3 x 3 pooled bank patches, four views of every reference; " + SELF_64 + "; dev half",
-    "tire_64shot_holdout_self": SELF_64 + "; holdout half",
-    "tire_64shot_holdout_four_views_self": "four views of every reference (no view budget); " + SELF_64 + "; holdout half",
-    "tire_16shot_dev": "the shipped engine (`self_radius` 0 as `self_max_references` gives it); dev half",
-    "tire_16shot_dev_self": SELF_16 + "; dev half",
-    "tire_16shot_holdout": "the shipped engine (`self_radius` 0 as `self_max_references` gives it); holdout half",
-    "tire_16shot_holdout_self": SELF_16 + "; holdout half",
-    "tire_4shot_dev": "the shipped engine; dev half",
-    "tire_4shot_dev_no_self": "no self-similarity (`self_radius` 0); dev half",
-    "tire_1shot_dev": "the shipped engine; dev half",
-    "tire_1shot_dev_int8": "INT8 ONNX encoder (`encoder.backend` onnx-int8); dev half",
-    "magnetic_tile_1shot_dev": "the shipped engine; dev half",
-    "magnetic_tile_1shot_dev_int8": "INT8 ONNX encoder (`encoder.backend` onnx-int8); dev half",
-    "textile_1shot_dev": "the shipped engine; dev half",
-    "textile_1shot_dev_int8": "INT8 ONNX encoder (`encoder.backend` onnx-int8); dev half",
-    "textile_16shot_holdout": "the shipped engine (`self_radius` 0 as `self_max_references` gives it); holdout half",
-    "textile_16shot_holdout_self": SELF_16 + "; holdout half",
-    "textile_64shot_dev": "the shipped engine (`self_radius` 0 as `self_max_references` gives it); dev half",
-    "textile_64shot_dev_self": SELF_64 + "; dev half",
-    "textile_64shot_holdout_self": SELF_64 + "; holdout half",
-    "textile_64shot_holdout_four_views_self": "four views of every reference (no view budget); " + SELF_64 + "; holdout half",
     "tire_1shot_dev_pool3": "3 x 3 pooled bank patches; dev half",
     "textile_0shot_self_map_only": "self map alone (no text map)",
     "textile_0shot_text_map_only_trained": "trained text map alone, 448 px text map",
@@ -154,6 +115,31 @@ VARIANTS = {
     "tire_1shot_multiscale_text": "no score border (tire's scores are the same with it)",
     "tire_4shot_fused": "448 px text map",
 }
+
+
+
+
+def _many_reference_runs() -> dict[str, str]:
+    """The study behind `view_budget`, `self_max_references` and the INT8 check (docs/method.md, "Many
+    references" and "Latency"): the same variants on each set, number of references and half."""
+    shipped_no_self = "the shipped engine (`self_radius` 0 as `self_max_references` gives it)"
+    four_views = "four views of every reference (no view budget)"
+    with_self = "self-similarity at {} references (no `self_max_references`)"
+    runs = {"1shot_dev": "the shipped engine; dev half", "4shot_dev": "the shipped engine; dev half",
+            "1shot_dev_int8": "INT8 ONNX encoder (`encoder.backend` onnx-int8); dev half",
+            "4shot_dev_no_self": "no self-similarity (`self_radius` 0); dev half",
+            "64shot_dev_four_views": f"{four_views}; {with_self.format(64)}; dev half",
+            "64shot_holdout_four_views_self": f"{four_views}; {with_self.format(64)}; holdout half",
+            "64shot_dev_pool3": "3 x 3 pooled bank patches, four views of every reference; "
+                                f"{with_self.format(64)}; dev half"}
+    for shots in (16, 64):
+        for half in ("dev", "holdout"):
+            runs[f"{shots}shot_{half}"] = f"{shipped_no_self}; {half} half"
+            runs[f"{shots}shot_{half}_self"] = f"{with_self.format(shots)}; {half} half"
+    return {f"{name}_{run}": text for name in ("tire", "magnetic_tile", "textile") for run, text in runs.items()}
+
+
+VARIANTS.update(_many_reference_runs())
 
 
 # -- reading ----------------------------------------------------------------------------------------
