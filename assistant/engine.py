@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 # A relative map is divided by its own mean, but not by less than this share of the lowest mean a
 # held-out normal view's map had: a copy of a reference comes to ~0 (float noise, which the division
 # would blow up into "defects"), while no tire test image came below 0.9 of it (dev half, 1 and 4
-# references, 2 seeds), so no figure moves.
+# references, 2 seeds), so those images' scores are left as they were (docs/method.md, "Objects and
+# surfaces").
 MEAN_FLOOR_SHARE = 0.5
 
 
