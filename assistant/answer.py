@@ -313,7 +313,9 @@ def kind_note(intent: str, detection: Detection | None, message: str, kinds: lis
 
 def kind_sentences(detection: Detection, kinds: list) -> str:
     """"It looks most like a *cut* (closest to 3 of your 4 cut examples)." per region (the first
-    MAX_REGIONS_LISTED), each region named by its position when there are several."""
+    MAX_REGIONS_LISTED), each region named by its position when there are several, then the hint
+    that a kind matched from the engine's own region is right far less often than one from a mask
+    (docs/method.md, "Defect kinds from labelled examples")."""
     templates = prompts.load("answers")["defect_kind"]
     sentences = []
     several = len(kinds) > 1
@@ -325,7 +327,7 @@ def kind_sentences(detection: Detection, kinds: list) -> str:
                 kind=match.kind, closest=match.closest, n=match.n_examples)
         sentences.append(templates["at"].format(position=region.position, sentence=sentence[:1].lower() + sentence[1:])
                          if several else sentence)
-    return " ".join(sentences)
+    return " ".join([*sentences, templates["hint"]]) if sentences else ""
 
 
 def _where(templates: dict, detection: Detection) -> str:

@@ -230,7 +230,8 @@ def test_eval_kinds_reports_accuracy_and_rejection(tire_dir, tmp_path):
 
 def test_kind_sentences_name_the_kind_or_say_none():
     """The answer to "What kind of defect is it?" with examples: each region's kind and how many of its
-    nearest examples agree, positions when there are several, the open-set sentence otherwise."""
+    nearest examples agree, positions when there are several, the open-set sentence otherwise, and
+    once the hint that a kind matched from the engine's region needs checking."""
     from assistant.answer import kind_note
     from assistant.defect_kinds import KindMatch
     from assistant.result import Detection, Region
@@ -240,11 +241,12 @@ def test_kind_sentences_name_the_kind_or_say_none():
     kinds = ("cut", "hole")
     cut = KindMatch("cut", "cut", 0.8, 3, 4, 0.5, 0.7, kinds)
     far = KindMatch(None, "hole", 0.6, 1, 2, 0.9, 0.7, kinds)
-    assert kind_note("describe", detection, "What kind of defect is it?", [cut]) == \
-        "It looks most like a *cut* (closest to 3 of your 4 cut examples)."
+    one = kind_note("describe", detection, "What kind of defect is it?", [cut])
+    assert one.startswith("It looks most like a *cut* (closest to 3 of your 4 cut examples). Take the kind as a hint")
     both = kind_note("describe", detection, "What kind of defect is it?", [cut, far])
     assert both.startswith("At the top left, it looks most like a *cut*")
     assert "At the center, it looks like none of the kinds you gave me (cut and hole): the nearest, *hole*," in both
+    assert both.count("Take the kind as a hint") == 1
     assert kind_note("judgement", detection, "Is there a hole?", [far]).startswith("It looks like none of the kinds")
     assert kind_note("describe", detection, "What kind of defect is it?", []) == ""  # no examples: as before
 
