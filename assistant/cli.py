@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "from test/ and references from train/good/ (default: synthetic textures)")
     bench.add_argument("--image-size", type=int, default=None)
     bench.add_argument("--shots", default="1,4,64", help="comma-separated numbers of references (default 1,4,64)")
-    bench.add_argument("--backends", default="torch,onnx,onnx-int8", help="encoder backends to time (default: all three)")
+    bench.add_argument("--backends", default="torch,onnx,onnx-int8,openvino", help="encoder backends to time (default: all four)")
     bench.add_argument("--repeats", type=int, default=3, help="timed passes over the query images (default 3)")
     bench.add_argument("--queries", type=int, default=8, help="query images (default 8)")
     bench.add_argument("--no-anomalib", action="store_true", help="skip anomalib's PatchCore (skipped anyway when not installed)")

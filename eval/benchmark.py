@@ -23,13 +23,14 @@ import torch
 from PIL import Image
 
 from assistant.data.datasets import IMAGE_SUFFIXES
+from assistant.encoders.base import BACKENDS
 from assistant.engine import AnomalyEngine, anomalous_regions, place_map
 from assistant.images import load_image
+from assistant.maps.memory_bank import similarity_dtype
 
 from .benchmarks_doc import busy
 
 SHOTS = (1, 4, 64)
-BACKENDS = ("torch", "onnx", "onnx-int8")
 STAGES = ("decode", "prepare", "encode", "maps_score", "regions", "answer")
 QUERIES = 8
 BATCH = 8
@@ -172,8 +173,11 @@ def run_benchmark(preset: str = "embedded", checkpoint_dir: str | None = None, f
 
 
 def machine() -> dict:
-    """What the figures depend on: threads, CPU and how busy the machine was (1-minute load average)."""
+    """What the figures depend on: threads, CPU, the dtype the memory bank's similarities run in on it
+    (bfloat16 where the CPU multiplies it natively, which makes the maps cheaper: docs/method.md,
+    "Latency") and how busy the machine was (1-minute load average)."""
     return {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+            "similarities": str(similarity_dtype("auto", torch.device("cpu"))).removeprefix("torch."),
             "load_average_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__}
 
 

@@ -67,4 +67,4 @@ def test_patchcore_without_anomalib_says_why(monkeypatch, assistant):
 def test_bench_refuses_bad_options():
     result = run_cli("bench", "--backends", "torch,gpu", timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: --backends takes torch, onnx, onnx-int8; got 'torch,gpu'"
+    assert result.stderr.strip() == "error: --backends takes torch, onnx, onnx-int8, openvino; got 'torch,gpu'"

@@ -1,4 +1,4 @@
-"""The ONNX Runtime backend of the embedded encoder: export, parity with torch, INT8, cache and refusals."""
+"""The ONNX backends of the embedded encoder: export, parity with torch (ONNX Runtime, OpenVINO), INT8, cache and refusals."""
 from __future__ import annotations
 
 import json
@@ -101,6 +101,21 @@ def test_one_export_serves_every_input_size(torch_encoder, float_encoder):
     for size in [None, 256]:
         pixels = torch_encoder.preprocess([image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)], size)
         assert_levels_match(backbone_levels(torch_encoder, pixels), backbone_levels(float_encoder, pixels))
+
+
+@pytest.mark.parametrize("name", ["synthetic", "tire"])
+def test_openvino_backend_matches_torch_at_every_input_size(torch_encoder, encoder_cfg, export_dir, name):
+    """OpenVINO runs the same float32 export; pinned to float32 it agrees with torch as ONNX Runtime does,
+    also at the text map's second input size and for a batch of two."""
+    pytest.importorskip("openvino", reason="openvino is not installed (extra 'openvino')")
+    from assistant.encoders.onnx_backend import OpenVinoBackbone
+
+    openvino_encoder = onnx_encoder(encoder_cfg, export_dir, "openvino")
+    assert isinstance(openvino_encoder.backbone, OpenVinoBackbone)
+    image = real_image(name)
+    for size in [None, 256]:
+        pixels = torch_encoder.preprocess([image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)], size)
+        assert_levels_match(backbone_levels(torch_encoder, pixels), backbone_levels(openvino_encoder, pixels))
 
 
 @pytest.mark.parametrize("name", ["synthetic", "tire"])

@@ -7,7 +7,7 @@ from .base import BACKENDS, EncodedImages, Encoder
 def create_encoder(cfg: dict) -> Encoder:
     """Small factory over the encoder section of a preset (see assistant/presets/*.json).
 
-    `backend` ("torch" by default, "onnx" or "onnx-int8") chooses what runs the embedded encoder's
+    `backend` ("torch" by default, "onnx", "onnx-int8" or "openvino") chooses what runs the embedded encoder's
     backbone; `export_dir` names a folder from `anomaly-assistant export` (else the user's cache).
     """
     kind = cfg.get("kind", "embedded")

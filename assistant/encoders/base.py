@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-# What runs the embedded encoder's backbone: torch (the reference), or ONNX Runtime in float32 or INT8.
-BACKENDS = ("torch", "onnx", "onnx-int8")
+# What runs the embedded encoder's backbone: torch (the reference), ONNX Runtime in float32 or INT8,
+# or OpenVINO in float32 (all three from one ONNX export).
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""ONNX Runtime backend for the embedded encoder's backbone: export, INT8 calibration and a drop-in runner.
+"""ONNX backends for the embedded encoder's backbone: export, INT8 calibration and drop-in runners
+(ONNX Runtime in float32 or INT8, OpenVINO in float32).
 
 An export is a folder: `model.onnx` (float32), optionally `model-int8.onnx` (static INT8, QDQ format,
 per-channel weights) and `export.json`, written last, which describes the input normalisation, the
@@ -7,7 +8,7 @@ model file. A folder is only used when its weights hash matches the encoder's an
 as recorded, so a stale, foreign or damaged export is never run. Input height and width are free
 (the "area" resize keeps each image's aspect ratio), and so is the batch size.
 
-Only the backbone call moves to ONNX Runtime: `EmbeddedEncoder.encode` still pools the embedding and
+Only the backbone call moves to the runtime: `EmbeddedEncoder.encode` still pools the embedding and
 returns the same `EncodedImages`, and the text encoder stays in torch.
 """
 from __future__ import annotations
@@ -342,15 +343,43 @@ class OnnxBackbone(torch.nn.Module):
         return [torch.from_numpy(level) for level in self.session.run(None, {INPUT_NAME: array})]
 
 
+class OpenVinoBackbone(torch.nn.Module):
+    """Callable like the timm backbone: the float32 ONNX export compiled by OpenVINO for the CPU.
+
+    Inference precision is pinned to float32: OpenVINO's default on a CPU with AVX512-BF16 is bfloat16,
+    whose level features deviate from float32 by up to 8 % of their largest value, while float32 matches
+    ONNX Runtime's to the last printed digit and runs the backbone in 0.72-0.85 x its time (2 threads,
+    docs/method.md, "Latency"). OpenVINO's INT8 path needs its own quantiser (NNCF): the QDQ model
+    written for ONNX Runtime is not run faithfully, so "openvino" is float32 only."""
+
+    def __init__(self, model_path: Path, threads: int | None = None):
+        super().__init__()
+        try:
+            import openvino
+        except ImportError as exc:
+            raise ExportError("encoder backend 'openvino' needs the openvino package: pip install 'anomaly-assistant[openvino]'") from exc
+        self.model_path = Path(model_path)
+        config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "f32"}
+        self.compiled = openvino.Core().compile_model(str(model_path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def forward(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        array = np.ascontiguousarray(pixels.detach().to("cpu", torch.float32).numpy())
+        outputs = self.request.infer({0: array})
+        return [torch.from_numpy(np.array(outputs[port])) for port in self.compiled.outputs]
+
+
 def use_onnx_backend(encoder: EmbeddedEncoder, backend: str, export_dir: str | os.PathLike | None = None,
                      threads: int | None = None) -> EmbeddedEncoder:
-    """Replace the encoder's torch backbone by ONNX Runtime ("onnx": float32, "onnx-int8": INT8).
+    """Replace the encoder's torch backbone by the export run in ONNX Runtime ("onnx": float32,
+    "onnx-int8": INT8) or in OpenVINO ("openvino": float32).
 
     `export_dir`: a folder written by `anomaly-assistant export`, refused with one line when it does
     not fit; without it the export is made once in the user's cache (ANOMALY_ASSISTANT_CACHE).
     """
     if backend not in BACKENDS[1:]:
-        raise ValueError(f"encoder backend {backend!r} does not run on ONNX Runtime; use one of {', '.join(BACKENDS[1:])}")
+        raise ValueError(f"encoder backend {backend!r} does not run from an ONNX export; use one of {', '.join(BACKENDS[1:])}")
     int8 = backend == "onnx-int8"
     weights_hash = weights_sha256(encoder.backbone)
     if export_dir is None:
@@ -358,6 +387,9 @@ def use_onnx_backend(encoder: EmbeddedEncoder, backend: str, export_dir: str | o
     else:
         folder = Path(export_dir).expanduser()
         read_export(folder, weights_hash, int8)
-    encoder.backbone = OnnxBackbone(folder / (INT8_FILE if int8 else MODEL_FILE), threads)
+    if backend == "openvino":
+        encoder.backbone = OpenVinoBackbone(folder / MODEL_FILE, threads)
+    else:
+        encoder.backbone = OnnxBackbone(folder / (INT8_FILE if int8 else MODEL_FILE), threads)
     return encoder
 
