@@ -80,6 +80,12 @@ def int8_encoder(encoder_cfg, export_dir):
     return onnx_encoder(encoder_cfg, export_dir, "onnx-int8")
 
 
+@pytest.fixture(scope="module")
+def openvino_encoder(encoder_cfg, export_dir):
+    pytest.importorskip("openvino", reason="openvino is not installed (extra 'openvino')")
+    return onnx_encoder(encoder_cfg, export_dir, "openvino")
+
+
 def assert_levels_match(reference: list[torch.Tensor], levels: list[torch.Tensor]) -> None:
     assert len(levels) == len(reference) == 4
     for level, (want, got) in enumerate(zip(reference, levels)):
@@ -104,13 +110,11 @@ def test_one_export_serves_every_input_size(torch_encoder, float_encoder):
 
 
 @pytest.mark.parametrize("name", ["synthetic", "tire"])
-def test_openvino_backend_matches_torch_at_every_input_size(torch_encoder, encoder_cfg, export_dir, name):
+def test_openvino_backend_matches_torch_at_every_input_size(torch_encoder, openvino_encoder, name):
     """OpenVINO runs the same float32 export; pinned to float32 it agrees with torch as ONNX Runtime does,
     also at the text map's second input size and for a batch of two."""
-    pytest.importorskip("openvino", reason="openvino is not installed (extra 'openvino')")
     from assistant.encoders.onnx_backend import OpenVinoBackbone
 
-    openvino_encoder = onnx_encoder(encoder_cfg, export_dir, "openvino")
     assert isinstance(openvino_encoder.backbone, OpenVinoBackbone)
     image = real_image(name)
     for size in [None, 256]:

@@ -348,9 +348,10 @@ class OpenVinoBackbone(torch.nn.Module):
 
     Inference precision is pinned to float32: OpenVINO's default on a CPU with AVX512-BF16 is bfloat16,
     whose level features deviate from float32 by up to 8 % of their largest value, while float32 matches
-    ONNX Runtime's to the last printed digit and runs the backbone in 0.72-0.85 x its time (2 threads,
-    docs/method.md, "Latency"). OpenVINO's INT8 path needs its own quantiser (NNCF): the QDQ model
-    written for ONNX Runtime is not run faithfully, so "openvino" is float32 only."""
+    ONNX Runtime's to the last printed digit. The backbone alone runs in 0.85 x ONNX Runtime's time, but
+    end to end it gains only in batches (docs/method.md, "Latency"). OpenVINO's INT8 path needs its own
+    quantiser (NNCF): the QDQ model written for ONNX Runtime is not run faithfully, so "openvino" is
+    float32 only."""
 
     def __init__(self, model_path: Path, threads: int | None = None):
         super().__init__()
@@ -367,6 +368,7 @@ class OpenVinoBackbone(torch.nn.Module):
     def forward(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         array = np.ascontiguousarray(pixels.detach().to("cpu", torch.float32).numpy())
         outputs = self.request.infer({0: array})
+        # Copied: the request writes its next results into the same output buffers.
         return [torch.from_numpy(np.array(outputs[port])) for port in self.compiled.outputs]
 
 
