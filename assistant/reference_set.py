@@ -1,8 +1,9 @@
 """Reference sets: what normal images become once encoded (a memory bank, texture statistics and a
 label-free threshold), for one-view scoring (`ReferenceSet`) or for tiles (`TiledReferences`).
 
-Built by `AnomalyEngine.references` and `tiling.references`; saved and restored by profiles
-(`state` / `restore`), so a set can be used without the images it was made from.
+Built by `AnomalyEngine.references` (each scorer in `assistant/scorers/` fits its own fields) and
+`tiling.references`; saved and restored by profiles (`state` / `restore`), so a set can be used
+without the images it was made from.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class ReferenceSet:
     texture_normal: float = 1.0  # shift, in global units, up to which texture counts as normal
     normal_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # held-out map peaks / peak_unit
     # Relative sets: what a query map's own mean is floored at before the map is divided by it, a
-    # share of the lowest held-out normal map's mean (engine.MEAN_FLOOR_SHARE).
+    # share of the lowest held-out normal map's mean (scorers.bank.MEAN_FLOOR_SHARE).
     mean_floor: float = 1e-6
     threshold: float = 1.0
     texture: TextureBank | None = None  # window statistics of surface references (objects: None)

@@ -22,7 +22,6 @@ Preset section "tiling" (every key optional; the defaults below apply when it is
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -33,7 +32,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from .config import deep_merge
 from .images import MAX_ASPECT
 from .maps.anomaly_map import find_regions, place_map, position_word, to_image_size
 from .reference_set import ReferenceSet, TiledReferences
@@ -168,11 +166,8 @@ def tile_engine(engine: AnomalyEngine) -> AnomalyEngine:
     references, so their bank keeps the self-similarity however many tiles it holds."""
     view = _TILE_ENGINES.get(engine)
     if view is None:
-        view = copy.copy(engine)
-        view.preset = deep_merge(engine.preset, {"anomaly_map": {"crop": "none", "relative": False},
-                                                 "memory_bank": {"self_max_references": None}})
-        view.map_cfg, view.bank_cfg = view.preset["anomaly_map"], view.preset["memory_bank"]
-        view._reference_cache = {}  # tile reference sets apart from the engine's own
+        view = engine.with_settings({"anomaly_map": {"crop": "none", "relative": False},
+                                     "memory_bank": {"self_max_references": None}})
         _TILE_ENGINES[engine] = view
     return view
 

@@ -19,6 +19,8 @@ from assistant.prompts import load
 from assistant.maps.anomaly_map import find_regions, interior_peaks, position_word
 from assistant.maps.memory_bank import (MemoryBank, greedy_coreset, nearest_similarity, patches, random_subset,
                                         self_distance, similarity_dtype)
+from assistant.reference_set import ReferenceSet
+from assistant.scorers import TextureScorer, held_out_folds
 
 
 def open_rgb(path) -> Image.Image:
@@ -157,17 +159,17 @@ def test_a_copy_of_the_reference_is_normal(engine, tire_dir, magnetic_tile_dir):
 def test_reference_views_turn_objects_within_the_budget(engine):
     """One reference of an object is turned 12 times (x 2 flips), four references 3 times each, 64
     share the preset's plain augmentations as far as the view budget allows; a surface is never turned."""
-    names, per_image = engine.reference_views(1, relative=True)
+    names, per_image = engine.bank.reference_views(1, relative=True)
     assert len(names) == 24 and per_image == 2 and "hflip+rot330" in names
-    names, per_image = engine.reference_views(4, relative=True)
+    names, per_image = engine.bank.reference_views(4, relative=True)
     assert names == [f"{flip}+rot{angle}" for flip in ("identity", "hflip") for angle in (0, 120, 240)]
-    pooled = engine.bank_cfg["augmentations"]
-    assert engine.bank_cfg["view_budget"] == 64 and len(pooled) == 4
-    assert engine.reference_views(1, relative=False) == (pooled, 0)
-    assert engine.reference_views(16, relative=False) == (pooled, 0)
-    assert engine.reference_views(32, relative=True) == (pooled[:2], 0)
-    assert engine.reference_views(64, relative=True) == (pooled[:1], 0)
-    assert engine.reference_views(256, relative=False) == (pooled[:1], 0)
+    pooled = engine.bank.cfg["augmentations"]
+    assert engine.bank.cfg["view_budget"] == 64 and len(pooled) == 4
+    assert engine.bank.reference_views(1, relative=False) == (pooled, 0)
+    assert engine.bank.reference_views(16, relative=False) == (pooled, 0)
+    assert engine.bank.reference_views(32, relative=True) == (pooled[:2], 0)
+    assert engine.bank.reference_views(64, relative=True) == (pooled[:1], 0)
+    assert engine.bank.reference_views(256, relative=False) == (pooled[:1], 0)
 
 
 def test_self_similarity_stops_at_many_references_but_not_for_tiles(engine):
@@ -175,12 +177,12 @@ def test_self_similarity_stops_at_many_references_but_not_for_tiles(engine):
     references show the variation themselves. Tiles of one image are not many references."""
     from assistant import tiling
 
-    cap = engine.bank_cfg["self_max_references"]
-    radius = engine.bank_cfg["self_radius"]
-    assert radius > 0 and engine._new_bank(0, n_images=1).self_radius == radius
-    assert engine._new_bank(0, n_images=cap).self_radius == radius
-    assert engine._new_bank(0, n_images=cap + 1).self_radius == 0
-    assert tiling.tile_engine(engine)._new_bank(0, n_images=200).self_radius == radius
+    cap = engine.bank.cfg["self_max_references"]
+    radius = engine.bank.cfg["self_radius"]
+    assert radius > 0 and engine.bank.new_bank(0, n_images=1).self_radius == radius
+    assert engine.bank.new_bank(0, n_images=cap).self_radius == radius
+    assert engine.bank.new_bank(0, n_images=cap + 1).self_radius == 0
+    assert tiling.tile_engine(engine).bank.new_bank(0, n_images=200).self_radius == radius
 
 
 def test_a_turned_tire_is_matched_against_turned_views_of_its_reference(tire_dir):
@@ -201,13 +203,34 @@ def test_a_turned_tire_is_matched_against_turned_views_of_its_reference(tire_dir
 
 def test_many_references_are_held_out_in_folds(textile_images):
     engine = AnomalyEngine("embedded", checkpoint_dir="/nonexistent-untrained")
-    folds = engine._held_out_folds(n_images=7, n_views=4)
+    folds = held_out_folds(n_images=7, n_views=4, max_folds=engine.threshold_cfg["held_out_folds"])
     assert len(folds) == 5  # the preset's cap, not one bank per reference
     assert sorted(v for fold in folds for v in fold) == list(range(28))
     assert all(len({v // 4 for v in fold}) * 4 == len(fold) for fold in folds)  # whole images only
     engine.threshold_cfg["held_out_folds"] = 2
     references = engine.references(textile_images, "textile")
     assert len(references.normal_scores) == 4 and references.normal_scores.max() == pytest.approx(1.0)
+
+
+def test_scorers_own_disjoint_reference_fields_and_their_terms_add_up(engine, textile_images):
+    """Each scorer fits its own fields of the reference set, and the engine's map and score are the
+    sums of the scorers' terms: the bank's map and peak, the texture map (surfaces: map only), the
+    texture statistics (surfaces: score only)."""
+    from dataclasses import fields
+
+    views = engine.encode_references(textile_images[:2], "textile", 0)
+    owned = [set(scorer.fit(views)) for scorer in engine.scorers]
+    assert all(not (a & b) for i, a in enumerate(owned) for b in owned[i + 1:]), owned
+    assert set().union(*owned) <= {field.name for field in fields(ReferenceSet)}
+    references = engine.references(textile_images[:2], "textile")
+    query = engine.encode([with_blot(textile_images[2], (24, 120, 90, 194))])
+    terms = [scorer.assess(query, references, None) for scorer in engine.scorers]
+    (bank_map, bank_score), (texture_map, texture_score), (stats_map, stats_score) = terms
+    assert texture_score is None and stats_map is None and texture_map.max() > 0
+    maps, scores = engine.assess(query, references, "textile")
+    np.testing.assert_array_equal(maps, bank_map + texture_map)
+    np.testing.assert_array_equal(scores, bank_score + stats_score)
+    assert scores[0] > references.threshold
 
 
 def test_one_reference_texture_term_lifts_global_weave_changes(engine):
@@ -227,13 +250,13 @@ def test_one_reference_texture_term_lifts_global_weave_changes(engine):
         assert reference.stats.grid == 2 and reference.global_unit > 0 and reference.texture_normal == 0.5
         assessed = [patch_maps_only.assess(one, reference, "textile") for one in encoded]
         scores = np.array([float(s[0]) for _, s in assessed])
-        peaks = np.array([float(patch_maps_only.peaks(m)[0]) for m, _ in assessed])
+        peaks = np.array([float(patch_maps_only.bank.peaks(m)[0]) for m, _ in assessed])
         assert (scores >= peaks - 1e-6).all()  # the term only adds
         with_term.append(roc_auc_score(labels, scores))
         peak_only.append(roc_auc_score(labels, peaks))
         with_texture_map = engine.references([open_rgb(path)], "textile")
         surface_maps = [engine.assess(one, with_texture_map, "textile")[0] for one in encoded]
-        texture_map_peaks.append(roc_auc_score(labels, [float(engine.peaks(m)[0]) for m in surface_maps]))
+        texture_map_peaks.append(roc_auc_score(labels, [float(engine.bank.peaks(m)[0]) for m in surface_maps]))
     assert np.mean(peak_only) < 0.6 < 0.75 < np.mean(with_term)
     assert np.mean(texture_map_peaks) > np.mean(peak_only) + 0.05
 
@@ -410,8 +433,9 @@ def test_the_text_map_scales_the_texture_map_as_it_scales_the_bank(textile_image
     query = shipped.encode([with_blot(textile_images[1], (24, 120, 90, 194))])
     text = shipped.text_maps(query, "textile")
     maps, _ = shipped.assess(query, references, "textile")
-    excess = np.maximum(shipped.texture_maps(query, references.texture) - 1.0, 0.0)
-    texture_part = maps - shipped.raw_maps(query, references, text) / references.peak_unit
+    texture, = (scorer for scorer in shipped.scorers if isinstance(scorer, TextureScorer))
+    excess = np.maximum(texture.distance_maps(query, references.texture) - 1.0, 0.0)
+    texture_part = maps - shipped.bank.raw_maps(query, references.bank, shipped.text.scale(text)) / references.peak_unit
     assert excess.max() > 0 and float(text.min()) > 0
     expected = 0.1 * excess * (1.0 + text.numpy()) / references.peak_unit
     np.testing.assert_allclose(texture_part, expected, rtol=1e-4, atol=1e-6)

@@ -51,7 +51,7 @@ def test_window_stats_need_an_odd_window():
 def test_a_refinished_zone_stands_out_and_the_reference_does_not(engine, nominal):
     reference, other = nominal
     level = engine.map_cfg["texture_map"]["level"]
-    views = engine.encode_each(augment([reference], engine.bank_cfg["augmentations"]))
+    views = engine.encode_each(augment([reference], engine.bank.cfg["augmentations"]))
     bank = TextureBank(level, 15).fit([v.levels for v in views], [views[0].levels])
     assert bank.unit > 0
     assert float(bank.distance_maps(views[0].levels).max()) < 0.05  # in the bank itself (cdist rounding aside)
