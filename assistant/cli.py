@@ -142,9 +142,10 @@ def _shot_list(text: str) -> list[int]:
 
 def _run_matrix(args) -> int:
     from eval.matrix import run_matrix
+    from eval.protocol import DEFAULT_SOURCES
 
     shots = _shot_list(args.shots)
-    sources = args.data or [str(Path(__file__).resolve().parents[2] / "shared" / "datasets"), "conformal-clip-data"]
+    sources = args.data or list(DEFAULT_SOURCES)
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
     report = run_matrix(sources, shots, args.seeds, args.many_shot_seeds, conditions, args.split, args.output,
                         args.preset, args.checkpoint, logical_proxy=not args.no_logical_proxy)

