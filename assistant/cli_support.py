@@ -5,8 +5,11 @@ Neither the UI nor any command owns this module, so each of them imports it and 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 class ModelLoadError(ValueError):
@@ -125,9 +128,16 @@ def find_images(folder: Path) -> list[Path]:
         raise ValueError(f"{folder}: folder not found")
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a folder")
-    files = sorted((p for p in folder.rglob("*") if is_image_file(p)), key=lambda p: p.relative_to(folder).as_posix())
+    found = sorted((p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")),
+                   key=lambda p: p.relative_to(folder).as_posix())
+    files = [p for p in found if is_image_file(p)]
     if not files:
         raise ValueError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, recursively)")
+    skipped = [p.relative_to(folder).as_posix() for p in found if not is_image_file(p)]
+    if skipped:
+        # Said, not silent: a folder's count that does not add up is the first thing a user checks.
+        log.warning("skipped %d file%s that %s not an image by its suffix: %s%s", len(skipped), "s" * (len(skipped) > 1),
+                    "are" if len(skipped) > 1 else "is", ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
     return files
 
 

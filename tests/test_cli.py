@@ -6,6 +6,7 @@ import html
 import json
 import re
 import shutil
+from pathlib import Path
 
 from PIL import Image
 
@@ -43,14 +44,15 @@ def test_inspect_folder_with_bad_files(textile, bad_inputs, tmp_path):
     (folder / "line2").mkdir(parents=True)
     shutil.copy(textile["normal"][0], folder / "a_normal.png")
     shutil.copy(textile["defect"][0], folder / "line2" / "b_defect.png")
-    for name in ("empty.png", "text.png", "truncated.jpg"):
+    for name in ("empty.png", "text.png", "truncated.jpg", "animated.gif"):
         shutil.copy(bad_inputs[name].path, folder / "line2" / name)
     (folder / "notes.txt").write_text("not an image, not listed")
     out = tmp_path / "report"
     result = run_cli("inspect", str(folder), "--reference", str(textile["reference"][0]), "--class-name", "textile",
                      "--out", str(out), "--no-llm")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "1 anomalous, 1 normal, 3 unreadable" in result.stdout
+    assert "skipped 1 file that is not an image by its suffix: notes.txt" in result.stderr
+    assert "inspected 6 of 6 images" in result.stdout and "3 unreadable" in result.stdout
     note = load("answers")["estimated_threshold"]  # one reference of a surface: said once, on top
     assert f"note:   {note}" in result.stdout
 
@@ -58,14 +60,17 @@ def test_inspect_folder_with_bad_files(textile, bad_inputs, tmp_path):
     assert list(rows[0]) == ["file", "anomalous", "score", "threshold", "regions", "answer", "error"]
     assert [r["file"] for r in rows] == sorted(r["file"] for r in rows)
     by_file = {r["file"]: r for r in rows}
-    assert set(by_file) == {"a_normal.png", "line2/b_defect.png", "line2/empty.png", "line2/text.png",
-                            "line2/truncated.jpg"}
+    assert set(by_file) == {"a_normal.png", "line2/animated.gif", "line2/b_defect.png", "line2/empty.png",
+                            "line2/text.png", "line2/truncated.jpg"}
+    assert by_file["line2/animated.gif"]["score"] and not by_file["line2/animated.gif"]["error"]  # first frame
     assert by_file["line2/b_defect.png"]["anomalous"] == "true" and by_file["line2/b_defect.png"]["regions"]
     assert by_file["a_normal.png"]["anomalous"] == "false" and not by_file["a_normal.png"]["error"]
     assert "empty" in by_file["line2/empty.png"]["error"] and by_file["line2/empty.png"]["score"] == ""
 
     overlays = sorted(p.name for p in (out / "overlays").iterdir())
-    assert overlays == ["line2__b_defect.png"]  # one per anomalous image
+    assert overlays == sorted(Path(r["file"]).with_suffix(".png").as_posix().replace("/", "__")
+                              for r in rows if r["anomalous"] == "true")  # one per anomalous image
+    assert "line2__b_defect.png" in overlays
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "<style>" in page and "data:image/jpeg;base64," in page
     assert not re.search(r"(src|href)=['\"]https?://", page)  # self-contained

@@ -12,7 +12,7 @@ from typing import Iterable
 
 from assistant.images import ImageError, load_image, load_mask
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 BAD_FOLDER_NAMES = ("bad", "anomalous", "defect")
 TEXTILE_NAMES = frozenset({"conformal-clip-data", "conformal_clip_data", "textile"})
 LAYOUTS_HELP = (
