@@ -54,7 +54,7 @@ def detect_batch(engine: AnomalyEngine, images: list[Image.Image], references: l
     prepared = {index: engine.prepare(images[index]) for index in one_view}
     for group in size_groups(engine, [prepared[index][0] for index in one_view]):
         group = [one_view[position] for position in group]
-        encoded = engine.encode([prepared[index][0] for index in group])
+        encoded = engine.encode([prepared[index][0] for index in group], sources=[images[index] for index in group])
         maps, scores = engine.assess(encoded, reference_set, class_name)
         for row, index in enumerate(group):
             detections[index] = _detection(engine, images[index], prepared[index][1], maps[row], float(scores[row]),

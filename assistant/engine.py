@@ -20,12 +20,13 @@ from .config import deep_merge, load_preset, resolve_path
 from .encoders import EncodedImages, create_encoder
 from .foreground import foreground_box
 from .maps.anomaly_map import find_regions, place_map, whole_image_region
+from .maps.colour_stats import colour_quantiles
 from .maps.memory_bank import augment
 from .maps.text_map import TextMap
 from .reference_set import ReferenceSet, TiledReferences, estimates_threshold
 from .result import Detection, EngineError, Region
-from .scorers import (BankScorer, GlobalStatsScorer, ReferenceViews, TextScorer, TextureScorer, ZeroShotScorer,
-                      grid_size, held_out_folds, held_out_queries)
+from .scorers import (BankScorer, ColourScorer, GlobalStatsScorer, ReferenceViews, TextScorer, TextureScorer,
+                      ZeroShotScorer, grid_size, held_out_folds, held_out_queries)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ class AnomalyEngine:
         grid = self._grid_level()
         self.bank = BankScorer(self.preset, self.text, grid)
         # Terms are added in this order; the bank's come first because they set the map's unit.
-        self.scorers = [self.bank, TextureScorer(self.preset, grid), GlobalStatsScorer(self.preset)]
+        self.colour = ColourScorer(self.preset)
+        self.scorers = [self.bank, TextureScorer(self.preset, grid), GlobalStatsScorer(self.preset), self.colour]
         self.zero_shot = ZeroShotScorer(self.preset, self.bank, self.text, grid)
         self._reference_cache: dict[str, ReferenceSet] = {}
 
@@ -83,23 +85,28 @@ class AnomalyEngine:
         return (image.crop(box), box) if box else (image, full)
 
     @torch.no_grad()
-    def encode(self, images: list[Image.Image], text_view: bool = True) -> EncodedImages:
+    def encode(self, images: list[Image.Image], text_view: bool = True,
+               sources: list[Image.Image] | None = None) -> EncodedImages:
         """Encode already-prepared views that share one input size (see `encode_each` otherwise).
 
         A trained text map with `text_map.extra_image_size` also reads a second, coarser encoding
         (`TextScorer.view_size`); `text_view=False` skips it for views no text map is made of (the
-        augmented views of a reference bank)."""
+        augmented views of a reference bank). `sources`, the photos the views were prepared from,
+        give the colour statistics (`anomaly_map.colour`), which are read on the whole photo."""
         encoded = self.encoder.encode_images(images)
         extra_size = self.text.view_size
         if extra_size and text_view:
             encoded.text_levels = self.encoder.encode_images(images, extra_size).levels
+        if sources is not None and self.colour.active:
+            encoded.colour = np.stack([colour_quantiles(source) for source in sources])
         return encoded
 
     @torch.no_grad()
-    def encode_each(self, images: list[Image.Image], batch_size: int = 8,
-                    text_views: set[int] | None = None) -> list[EncodedImages]:
+    def encode_each(self, images: list[Image.Image], batch_size: int = 8, text_views: set[int] | None = None,
+                    sources: dict[int, Image.Image] | None = None) -> list[EncodedImages]:
         """One EncodedImages per view, batching views whose input size matches; only the views in
-        `text_views` (default: all) get the text map's extra encoding."""
+        `text_views` (default: all) get the text map's extra encoding, and only those in `sources`
+        (view index -> the photo it was prepared from) the colour statistics."""
         extra_size = self.text.view_size
         groups: dict[tuple, list[int]] = {}
         for index, image in enumerate(images):
@@ -114,6 +121,8 @@ class AnomalyEngine:
                 for b, index in enumerate(chunk):
                     out[index] = EncodedImages(_row(encoded.levels, b), encoded.embedding[b:b + 1],
                                                _row(encoded.text_levels, b))
+                    if sources is not None and index in sources and self.colour.active:
+                        out[index].colour = colour_quantiles(sources[index])[None]
         return out
 
     def scoring_levels(self) -> set[int]:
@@ -193,7 +202,9 @@ class AnomalyEngine:
         if len(images) == 1 and n_views == 1:  # checked before encoding: nothing could be held out
             raise EngineError("one reference image needs a reference augmentation (e.g. hflip) to set a threshold: add one to the preset or give a second reference image")
         queries = set(held_out_queries(len(images), n_views))
-        per_view = self.encode_each([self.prepare(view)[0] for view in augment(images, names)], text_views=queries)
+        originals = {index * n_views: image for index, image in enumerate(images)}
+        per_view = self.encode_each([self.prepare(view)[0] for view in augment(images, names)], text_views=queries,
+                                    sources=originals)
         folds = held_out_folds(len(images), n_views, int(self.threshold_cfg.get("held_out_folds", 5)))
         return ReferenceViews(per_view, len(images), n_views, relative, class_name, seed, folds, queries)
 
@@ -210,7 +221,7 @@ class AnomalyEngine:
         if tiling.applies(self, image) or isinstance(references, TiledReferences):
             return tiling.detect(self, image, references, class_name, threshold)
         view, box = self.prepare(image)
-        encoded = self.encode([view])
+        encoded = self.encode([view], sources=[image])
         reference_set = self.references(references, class_name) if references else None
         maps, scores = self.assess(encoded, reference_set, class_name)
         score = float(scores[0])

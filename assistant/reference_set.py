@@ -34,6 +34,8 @@ class ReferenceSet:
     mean_floor: float = 1e-6
     threshold: float = 1.0
     texture: TextureBank | None = None  # window statistics of surface references (objects: None)
+    colour: np.ndarray | None = None  # objects: the references' mean colour quantiles (scorers.colour)
+    colour_unit: float = 1.0  # colour shift, in CIELAB units, that counts as normal
     fingerprint: str = ""  # what it was built from (images, class, seed): the key caches and profiles use
 
     @property
@@ -44,9 +46,11 @@ class ReferenceSet:
         """Tensors and JSON-able settings that `restore` turns back into this set (profiles)."""
         tensors, meta = self.bank.state("bank.")
         tensors["normal_scores"] = torch.as_tensor(np.asarray(self.normal_scores, np.float32))
+        if self.colour is not None:
+            tensors["colour"] = torch.as_tensor(np.asarray(self.colour, np.float32))
         meta.update(relative=self.relative, n_images=self.n_images, peak_unit=self.peak_unit,
                     global_unit=self.global_unit, texture_normal=self.texture_normal, threshold=self.threshold,
-                    fingerprint=self.fingerprint, mean_floor=self.mean_floor)
+                    fingerprint=self.fingerprint, mean_floor=self.mean_floor, colour_unit=self.colour_unit)
         for name, part in (("stats", self.stats), ("texture", self.texture)):
             if part is not None:
                 part_tensors, meta[name] = part.state(f"{name}.")
@@ -62,6 +66,8 @@ class ReferenceSet:
                    texture_normal=float(meta["texture_normal"]), normal_scores=tensors["normal_scores"].numpy(),
                    threshold=float(meta["threshold"]), mean_floor=float(meta.get("mean_floor", 1e-6)),
                    texture=TextureBank.restore(tensors, meta["texture"], "texture.", device) if "texture" in meta else None,
+                   colour=tensors["colour"].numpy() if "colour" in tensors else None,
+                   colour_unit=float(meta.get("colour_unit", 1.0)),
                    fingerprint=str(meta["fingerprint"]))
 
 

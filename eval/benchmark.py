@@ -87,7 +87,7 @@ def stage_times(assistant, query_files: list[bytes], reference_images: list[Imag
         for data in query_files:
             image = clock("decode", lambda: load_image(data))
             view, box = clock("prepare", lambda: engine.prepare(image))
-            encoded = clock("encode", lambda: engine.encode([view]))
+            encoded = clock("encode", lambda: engine.encode([view], sources=[image]))
             maps, scores = clock("maps_score", lambda: engine.assess(encoded, reference_set, class_name))
             clock("regions", lambda: _regions(maps[0], box, image.size, float(scores[0]), threshold))
             if round_ == 0:

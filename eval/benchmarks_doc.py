@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from .protocol import base_category
+
 REPO = Path(__file__).resolve().parent.parent
 EVAL_DIR = REPO / "docs" / "eval"
 OUTPUT = REPO / "docs" / "benchmarks.md"
@@ -55,6 +57,10 @@ CURRENT = (
     ("textile_0shot_multiscale_text.json", "textile", "no reference (zero-shot)", ZERO_SHOT_NOTE),
     ("textile_1shot_score_border.json", "textile", "1 reference", ""),
     ("textile_validation_1shot_score_border.json", "textile, held-out split", "1 reference", HELD_OUT_TEXTILE_NOTE),
+    ("tire_1shot_holdout_turned.json", "tire turned and moved (`--perturb rotate,shift`), holdout half", "1 reference",
+     "The holdout half with each test image turned by a random angle and shifted (docs/protocol.md, capture changes)."),
+    ("tire_logical_1shot_holdout.json", "tire logical-anomaly proxy, holdout half", "1 reference",
+     "Missing, extra, turned and recoloured pieces made from normal test tires (docs/protocol.md); a proxy, not tuned to alone."),
     ("tire_64shot_holdout.json", "tire, holdout half", "64 references", MANY_SHOT_NOTE),
     ("magnetic_tile_64shot_holdout.json", "magnetic tile, holdout half", "64 references", MANY_SHOT_NOTE),
     ("textile_64shot_holdout.json", "textile, holdout half", "64 references", MANY_SHOT_NOTE),
@@ -219,7 +225,8 @@ def eval_command(name: str, data: dict) -> str:
     parts = ["anomaly-assistant eval", f"--data {config.get('data', '?')}"]
     cats = config.get("categories") or []
     if str(config.get("data")) != "conformal-clip-data":
-        parts += [f"--category {c}" for c in cats]
+        # A proxy run records the derived set ("tire_logical"); its command names the source set.
+        parts += [f"--category {base_category(c) if config.get('logical_proxy') else c}" for c in dict.fromkeys(cats)]
     seeds = config.get("seeds")
     parts += [f"--shots {config.get('shots', '?')}", f"--seeds {len(seeds) if isinstance(seeds, list) else seeds}"]
     if any(":" in key for key in data["results"]):

@@ -74,12 +74,13 @@ def encode_tests(engine: AnomalyEngine, split: Split, class_name: str, batch_siz
         images = [image for image, _ in loaded]
         began = time.perf_counter()
         prepared = [engine.prepare(image) for image in images]
-        encoded = engine.encode_each([view for view, _ in prepared], batch_size)
+        encoded = engine.encode_each([view for view, _ in prepared], batch_size, sources=dict(enumerate(images)))
         text = [engine.text_maps(one, class_name) for one in encoded]
         per_image = (time.perf_counter() - began) / len(batch)
         for one, text_map, (image, mask), (_, box) in zip(encoded, text, loaded, prepared):
             levels = [level if i in keep else None for i, level in enumerate(one.levels)]
-            out.append(EncodedTest(EncodedImages(levels, one.embedding), text_map, image.size, box, per_image, mask))
+            out.append(EncodedTest(EncodedImages(levels, one.embedding, colour=one.colour), text_map, image.size, box,
+                                   per_image, mask))
         bar.update(len(batch))
     bar.close()
     return out

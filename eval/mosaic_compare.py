@@ -40,10 +40,12 @@ def cells(image: Image.Image, grid: Grid) -> list[Image.Image]:
 
 def per_cell(engine: AnomalyEngine, image: Image.Image, grid: Grid, references, class_name: str) -> tuple[float, np.ndarray]:
     """The highest cell score and the cells' maps side by side, each cell scored as an ordinary image."""
-    prepared = [engine.prepare(cell) for cell in cells(image, grid)]
+    pieces = cells(image, grid)
+    prepared = [engine.prepare(cell) for cell in pieces]
     full = np.zeros(image.size[::-1], np.float32)
     scores = []
-    for index, (encoded, (_, box)) in enumerate(zip(engine.encode_each([view for view, _ in prepared]), prepared)):
+    encoded_cells = engine.encode_each([view for view, _ in prepared], sources=dict(enumerate(pieces)))
+    for index, (encoded, (_, box)) in enumerate(zip(encoded_cells, prepared)):
         maps, cell_scores = engine.assess(encoded, references, class_name)
         x0, y0, x1, y1 = grid.box(index)
         full[y0:y1, x0:x1] = place_map(maps[0], box, x1 - x0, y1 - y0)

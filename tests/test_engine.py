@@ -225,8 +225,9 @@ def test_scorers_own_disjoint_reference_fields_and_their_terms_add_up(engine, te
     references = engine.references(textile_images[:2], "textile")
     query = engine.encode([with_blot(textile_images[2], (24, 120, 90, 194))])
     terms = [scorer.assess(query, references, None) for scorer in engine.scorers]
-    (bank_map, bank_score), (texture_map, texture_score), (stats_map, stats_score) = terms
+    (bank_map, bank_score), (texture_map, texture_score), (stats_map, stats_score), colour_terms = terms
     assert texture_score is None and stats_map is None and texture_map.max() > 0
+    assert colour_terms == (None, None)  # a surface: colour is judged on objects only
     maps, scores = engine.assess(query, references, "textile")
     np.testing.assert_array_equal(maps, bank_map + texture_map)
     np.testing.assert_array_equal(scores, bank_score + stats_score)
@@ -512,3 +513,40 @@ def test_the_edges_of_real_magnetic_tiles_do_not_decide_the_score(magnetic_tile_
     everywhere_auroc = roc_auc_score(labels, [float(scores[0]) for _, scores in everywhere])
     # measured 0.840 vs 0.769, with 17 of 18 good tiles peaking at the edge
     assert inside_auroc > everywhere_auroc + 0.03, (inside_auroc, everywhere_auroc)
+
+
+def test_a_recoloured_part_raises_the_colour_term_and_a_turned_one_does_not(engine, tire_dir):
+    """Objects: the part's colour distribution, read on the whole photo, ignores pose and catches a
+    piece whose tone changed, which the relative patch map (divided by its own mean) does not."""
+    from assistant.foreground import estimate_foreground, rotate_image
+    from assistant.maps.colour_stats import colour_quantiles, colour_shift
+
+    reference = open_rgb(sorted((tire_dir / "train" / "good").iterdir())[0])
+    normal = open_rgb(sorted((tire_dir / "test" / "good").iterdir())[0])
+    turned = Image.fromarray(rotate_image(np.asarray(normal), 100))
+    pixels = np.asarray(normal).astype(np.float32)
+    part = estimate_foreground(normal)
+    half = part & (np.arange(part.shape[1])[None, :] > np.median(np.nonzero(part)[1]))
+    pixels[half] *= 1.5  # the part's right half brighter
+    recoloured = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+    assert colour_shift(colour_quantiles(turned)[None], colour_quantiles(normal))[0] < engine.colour.normal_level
+    references = engine.references([reference], "tire")
+    assert references.relative and references.colour is not None
+    assert references.colour_unit == engine.colour.normal_level  # one reference: nothing to hold out
+
+    def colour_term(image):
+        encoded = engine.encode([engine.prepare(image)[0]], sources=[image])
+        return float(engine.colour.assess(encoded, references, None)[1][0])
+
+    assert colour_term(normal) == 0.0 and colour_term(turned) == 0.0
+    assert colour_term(recoloured) > 0.2
+    detections = [engine.detect(image, [reference], "tire") for image in (normal, recoloured)]
+    assert detections[1].score - detections[0].score > 0.2
+
+    tensors, meta = references.state()
+    restored = ReferenceSet.restore(tensors, meta)
+    np.testing.assert_allclose(restored.colour, references.colour)
+    assert restored.colour_unit == references.colour_unit
+    with pytest.raises(RuntimeError, match="source images"):
+        engine.colour.assess(engine.encode([engine.prepare(normal)[0]]), references, None)

@@ -18,6 +18,7 @@ class EncodedImages:
     levels: list[torch.Tensor]  # 4 tensors, each B x C_l x h_l x w_l
     embedding: torch.Tensor  # B x D global image embedding (L2-normalised)
     text_levels: list[torch.Tensor] | None = None  # levels at the text map's extra input size, if it has one
+    colour: np.ndarray | None = None  # B x 19 x 3 colour quantiles of the source photos (maps.colour_stats), if read
 
 
 class Encoder(torch.nn.Module):
