@@ -37,6 +37,7 @@ def detect_batch(engine: AnomalyEngine, images: list[Image.Image], references: l
     """`engine.detect` for each image, with the reference set built (or found in the engine's cache) once;
     `references` are normal images or a set built before (a profile's)."""
     from . import tiling
+    from .engine import judges_colour
     from .reference_set import TiledReferences
 
     if len(images) > MAX_BATCH:
@@ -54,7 +55,8 @@ def detect_batch(engine: AnomalyEngine, images: list[Image.Image], references: l
     prepared = {index: engine.prepare(images[index]) for index in one_view}
     for group in size_groups(engine, [prepared[index][0] for index in one_view]):
         group = [one_view[position] for position in group]
-        encoded = engine.encode([prepared[index][0] for index in group], sources=[images[index] for index in group])
+        sources = [images[index] for index in group] if judges_colour(reference_set) else None
+        encoded = engine.encode([prepared[index][0] for index in group], sources=sources)
         maps, scores = engine.assess(encoded, reference_set, class_name)
         for row, index in enumerate(group):
             detections[index] = _detection(engine, images[index], prepared[index][1], maps[row], float(scores[row]),

@@ -221,8 +221,8 @@ class AnomalyEngine:
         if tiling.applies(self, image) or isinstance(references, TiledReferences):
             return tiling.detect(self, image, references, class_name, threshold)
         view, box = self.prepare(image)
-        encoded = self.encode([view], sources=[image])
         reference_set = self.references(references, class_name) if references else None
+        encoded = self.encode([view], sources=[image] if judges_colour(reference_set) else None)
         maps, scores = self.assess(encoded, reference_set, class_name)
         score = float(scores[0])
         estimated = threshold is None and (reference_set is None or reference_set.threshold_estimated)
@@ -249,6 +249,11 @@ def anomalous_regions(full_map: np.ndarray, map_peak: float, threshold: float) -
     if map_peak <= threshold:
         return [whole_image_region(full_map)]
     return find_regions(full_map, threshold) or find_regions(full_map, float(np.quantile(full_map, 0.995)))[:1]
+
+
+def judges_colour(reference_set: ReferenceSet | None) -> bool:
+    """Whether queries against this set need their colour statistics (objects' sets only)."""
+    return reference_set is not None and reference_set.colour is not None
 
 
 def _fingerprint(images: list[Image.Image]) -> str:

@@ -24,7 +24,7 @@ from PIL import Image
 
 from assistant.data.datasets import IMAGE_SUFFIXES
 from assistant.encoders.base import BACKENDS
-from assistant.engine import AnomalyEngine, anomalous_regions, place_map
+from assistant.engine import AnomalyEngine, anomalous_regions, judges_colour, place_map
 from assistant.images import load_image
 from assistant.maps.memory_bank import similarity_dtype
 
@@ -87,7 +87,7 @@ def stage_times(assistant, query_files: list[bytes], reference_images: list[Imag
         for data in query_files:
             image = clock("decode", lambda: load_image(data))
             view, box = clock("prepare", lambda: engine.prepare(image))
-            encoded = clock("encode", lambda: engine.encode([view], sources=[image]))
+            encoded = clock("encode", lambda: engine.encode([view], sources=[image] if judges_colour(reference_set) else None))
             maps, scores = clock("maps_score", lambda: engine.assess(encoded, reference_set, class_name))
             clock("regions", lambda: _regions(maps[0], box, image.size, float(scores[0]), threshold))
             if round_ == 0:
