@@ -128,12 +128,14 @@ def find_images(folder: Path) -> list[Path]:
         raise ValueError(f"{folder}: folder not found")
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a folder")
-    found = sorted((p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")),
-                   key=lambda p: p.relative_to(folder).as_posix())
-    files = [p for p in found if is_image_file(p)]
+    files, skipped = [], []
+    for path in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix()):
+        if is_image_file(path):
+            files.append(path)
+        elif path.is_file() and not path.name.startswith("."):
+            skipped.append(path.relative_to(folder).as_posix())
     if not files:
         raise ValueError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, recursively)")
-    skipped = [p.relative_to(folder).as_posix() for p in found if not is_image_file(p)]
     if skipped:
         # Said, not silent: a folder's count that does not add up is the first thing a user checks.
         log.warning("skipped %d file%s that %s not an image by its suffix: %s%s", len(skipped), "s" * (len(skipped) > 1),
