@@ -6,7 +6,8 @@ reference by its surroundings: the query's level-2 features in a ring around the
 as one template (mean cosine over the ring's cells) at every position of a reference view. An
 object's references are searched in the turned views its memory bank matched the query with
 (`MemoryBank.choose_views`), and the place found is turned back into the reference photo's own
-pixels; surfaces and many references are searched as photographed. Cells are those of encoder
+pixels; with many references, the views nearest the query are searched; surfaces with few
+references are searched as photographed. Cells are those of encoder
 level `LEVEL`. Measured accuracy: docs/method.md, "Visual evidence".
 """
 from __future__ import annotations
@@ -105,14 +106,17 @@ def ring_template(grid: torch.Tensor, box: tuple[int, int, int, int]):
 
 
 def candidate_views(query: list[torch.Tensor], n_references: int, reference_set: ReferenceSet) -> list[tuple[int, str]]:
-    """(reference index, view name) to search: the turned views the bank matched the query with,
-    else each reference as photographed; the first MAX_REFERENCES references only."""
+    """(reference index, view name) to search: the views the bank matched the query with (turned
+    views of the first MAX_REFERENCES references; with many references, the MAX_REFERENCES views
+    nearest the query), else each of the first MAX_REFERENCES references as photographed."""
     bank = reference_set.bank
     searched = min(n_references, MAX_REFERENCES)
-    if bank.pose_views > 0:
+    if bank.views_apart:
         chosen = bank.choose_views(patches(aggregate(query[bank.levels[-1]], bank.pool)[:, :, ::2, ::2]))
         n_views = len(bank.augmentations)
         views = [(bank.image_of_view[v], bank.augmentations[v % n_views]) for v in chosen]
+        if bank.nearest_views > 0:
+            return [(index, name) for index, name in views if index < n_references][:MAX_REFERENCES]
         return [(index, name) for index, name in views if index < searched]
     return [(index, "identity") for index in range(searched)]
 

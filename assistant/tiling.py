@@ -163,11 +163,12 @@ def tile_engine(engine: AnomalyEngine) -> AnomalyEngine:
     with absolute maps. The whole image is cropped once before it is cut; a crop per tile would
     enlarge each tile by its own factor, and a relative map (divided by its own mean) would make a
     tile of background and a tile of part incomparable. The tiles of a few images are not many
-    references, so their bank keeps the self-similarity however many tiles it holds."""
+    references: they show different places of one part, not one place of many parts, so their bank
+    keeps the self-similarity and every tile's patches however many tiles it holds."""
     view = _TILE_ENGINES.get(engine)
     if view is None:
         view = engine.with_settings({"anomaly_map": {"crop": "none", "relative": False},
-                                     "memory_bank": {"self_max_references": None}})
+                                     "memory_bank": {"self_max_references": None, "nearest_views": None}})
         _TILE_ENGINES[engine] = view
     return view
 

@@ -17,8 +17,8 @@ from assistant.engine import AnomalyEngine, EngineError
 from assistant.images import load_mask
 from assistant.prompts import load
 from assistant.maps.anomaly_map import find_regions, interior_peaks, position_word
-from assistant.maps.memory_bank import (MemoryBank, greedy_coreset, nearest_similarity, patches, random_subset,
-                                        self_distance, similarity_dtype)
+from assistant.maps.memory_bank import (MemoryBank, aggregate, greedy_coreset, nearest_similarity, patches,
+                                        random_subset, self_distance, similarity_dtype)
 from assistant.reference_set import ReferenceSet
 from assistant.scorers import TextureScorer, held_out_folds
 
@@ -183,6 +183,31 @@ def test_self_similarity_stops_at_many_references_but_not_for_tiles(engine):
     assert engine.bank.new_bank(0, n_images=cap).self_radius == radius
     assert engine.bank.new_bank(0, n_images=cap + 1).self_radius == 0
     assert tiling.tile_engine(engine).bank.new_bank(0, n_images=200).self_radius == radius
+
+
+def test_many_references_compare_a_query_with_the_views_nearest_it(engine, tire_dir):
+    """Above `nearest_views` references a query meets the views of the references most like it,
+    whole, instead of a coreset of all of them: a photo of the set picks its own view first. Up to
+    that count, and for the tiles of a large image, every view stays in the bank."""
+    from assistant import tiling
+
+    nearest = 4
+    engine = engine.with_settings({"memory_bank": {"nearest_views": nearest}})
+    # 8 photos: too many to turn within the pose budget, so the bank pools their views
+    photos = [open_rgb(path) for path in sorted((tire_dir / "train" / "good").iterdir())[:2 * nearest]]
+    references = engine.references(photos, "tire")
+    bank = references.bank
+    assert bank.nearest_views == nearest and bank.views_apart and not bank.banks
+    n_views = len(engine.bank.reference_views(len(photos), relative=True)[0])
+    assert len(bank.view_banks) == n_views * len(photos)
+    view, _ = engine.prepare(photos[3])
+    levels = engine.encoder.encode_images([view]).levels
+    chosen = bank.choose_views(patches(aggregate(levels[bank.levels[-1]], bank.pool)[:, :, ::2, ::2]))
+    assert len(chosen) == nearest and chosen[0] == 3 * n_views  # photo 3 as photographed
+    assert engine.bank.new_bank(0, n_images=nearest).nearest_views == 0
+    assert tiling.tile_engine(engine).bank.new_bank(0, n_images=200).nearest_views == 0
+    query = open_rgb(sorted((tire_dir / "test" / "good").iterdir())[0])
+    assert engine.detect(query, references, "tire").score < references.threshold
 
 
 def test_a_turned_tire_is_matched_against_turned_views_of_its_reference(tire_dir):

@@ -196,11 +196,16 @@ class MemoryBank:
     With `pose_views` k > 0 the views are kept apart, and each query is compared only with the k
     views of every reference image whose patches it matches best (`choose_views`): the reference's
     pose nearest the query's, rather than patches of every pose at once, which would let an
-    anomalous patch match a normal one turned by any angle."""
+    anomalous patch match a normal one turned by any angle.
+
+    With `nearest_views` k > 0 (many references) the views are kept apart too, and each query is
+    compared with the k views of all references that it matches best: complete photos of the
+    normal parts most like this one (SPADE's nearest images), instead of a coreset that keeps a
+    quarter of every photo's patches. The search is over k views, not over the cap."""
 
     def __init__(self, levels: list[int], pool: int = 3, augmentations: list[str] | None = None,
                  max_patches: int = 50_000, seed: int = 0, self_radius: int = 0, precision: str = "auto",
-                 cover: str = "greedy", pose_views: int = 0):
+                 cover: str = "greedy", pose_views: int = 0, nearest_views: int = 0):
         if cover not in COVERS:
             raise ValueError(f"unknown memory-bank cover {cover!r}; choose {' or '.join(COVERS)}")
         self.cover = COVERS[cover]
@@ -213,8 +218,9 @@ class MemoryBank:
         self.max_patches = max_patches
         self.seed = seed
         self.pose_views = pose_views
+        self.nearest_views = nearest_views
         self.banks: list[torch.Tensor] = []
-        self.view_banks: list[list[torch.Tensor]] = []  # per view, per level (pose_views > 0)
+        self.view_banks: list[list[torch.Tensor]] = []  # per view, per level (views_apart)
         self.view_keys: list[torch.Tensor] = []  # per view: patches that choose_views compares
         self.image_of_view: list[int] = []
 
@@ -222,7 +228,7 @@ class MemoryBank:
         """Build from encoded reference views (each a list of level tensors); `image_of_view` says
         which reference image each view was made from (default: one image per view)."""
         dtype = similarity_dtype(self.precision, levels_per_view[0][0].device)
-        if self.pose_views > 0:
+        if self.views_apart:
             self.view_banks = [[patches(aggregate(view[level], self.pool)).to(dtype) for level in self.levels]
                                for view in levels_per_view]
             self.view_keys = [bank[-1] for bank in self.view_banks]
@@ -240,7 +246,7 @@ class MemoryBank:
         meta = {"levels": self.levels, "pool": self.pool, "augmentations": self.augmentations,
                 "max_patches": self.max_patches, "seed": self.seed, "self_radius": self.self_radius,
                 "precision": self.precision, "cover": self.cover_name, "pose_views": self.pose_views,
-                "image_of_view": self.image_of_view, "n_views": len(self.view_banks)}
+                "nearest_views": self.nearest_views, "image_of_view": self.image_of_view, "n_views": len(self.view_banks)}
         tensors = {f"{prefix}{level}": bank for level, bank in enumerate(self.banks)}
         tensors.update({f"{prefix}view{view}.{level}": bank
                         for view, banks in enumerate(self.view_banks) for level, bank in enumerate(banks)})
@@ -250,10 +256,10 @@ class MemoryBank:
     def restore(cls, tensors: dict[str, torch.Tensor], meta: dict, prefix: str, device="cpu") -> "MemoryBank":
         bank = cls(list(meta["levels"]), int(meta["pool"]), list(meta["augmentations"]), int(meta["max_patches"]),
                    int(meta["seed"]), int(meta["self_radius"]), str(meta["precision"]), str(meta["cover"]),
-                   int(meta["pose_views"]))
+                   int(meta["pose_views"]), int(meta.get("nearest_views", 0)))
         dtype = similarity_dtype(bank.precision, torch.device(device))  # this machine's, not the maker's
         n_levels = len(bank.levels)
-        if bank.pose_views > 0:
+        if bank.views_apart:
             bank.view_banks = [[tensors[f"{prefix}view{view}.{level}"].to(device, dtype) for level in range(n_levels)]
                                for view in range(int(meta["n_views"]))]
             bank.view_keys = [banks[-1] for banks in bank.view_banks]
@@ -267,11 +273,19 @@ class MemoryBank:
         return sum(int(bank.shape[0]) for bank in self.banks) + sum(
             int(bank.shape[0]) for banks in self.view_banks for bank in banks)
 
+    @property
+    def views_apart(self) -> bool:
+        """Whether each query is compared with views it chooses (`choose_views`), not one pooled bank."""
+        return self.pose_views > 0 or self.nearest_views > 0
+
     def choose_views(self, key: torch.Tensor) -> list[int]:
-        """Views of each reference image whose patches the query's `key` patches (N x C, the
-        coarsest bank level, every other cell) match best on average, `pose_views` per image."""
+        """Views whose patches the query's `key` patches (N x C, the coarsest bank level, every
+        other cell) match best on average: the `nearest_views` best of all, or else the
+        `pose_views` best of each reference image."""
         key = key.to(self.view_keys[0].dtype)
         fit = torch.stack([(key @ view.T).amax(dim=1).float().mean() for view in self.view_keys])
+        if self.nearest_views > 0:
+            return torch.argsort(fit, descending=True)[:self.nearest_views].tolist()
         chosen = []
         for image in sorted(set(self.image_of_view)):
             views = [v for v, owner in enumerate(self.image_of_view) if owner == image]
@@ -281,7 +295,7 @@ class MemoryBank:
 
     def _banks_for(self, features: list[torch.Tensor], index: int) -> list[torch.Tensor]:
         """The per-level banks query `index` of the batch is compared with."""
-        if self.pose_views <= 0:
+        if not self.views_apart:
             return self.banks
         coarse = features[-1][index:index + 1, :, ::2, ::2]
         chosen = self.choose_views(patches(coarse))
