@@ -14,6 +14,7 @@ from assistant.encoders.openclip import evenly_spaced_blocks
 from assistant.answer import closing_note, facts_sentence, grounded_answer
 from assistant.config import load_preset
 from assistant.engine import AnomalyEngine, EngineError
+from assistant.evidence import MAX_REFERENCES, candidate_views
 from assistant.images import load_mask
 from assistant.prompts import load
 from assistant.maps.anomaly_map import find_regions, interior_peaks, position_word
@@ -204,6 +205,8 @@ def test_many_references_compare_a_query_with_the_views_nearest_it(engine, tire_
     levels = engine.encoder.encode_images([view]).levels
     chosen = bank.choose_views(patches(aggregate(levels[bank.levels[-1]], bank.pool)[:, :, ::2, ::2]))
     assert len(chosen) == nearest and chosen[0] == 3 * n_views  # photo 3 as photographed
+    searched = candidate_views(levels, len(photos), references)  # the evidence looks where the bank did
+    assert len(searched) == min(nearest, MAX_REFERENCES) and searched[0] == (3, "identity")
     assert engine.bank.new_bank(0, n_images=nearest).nearest_views == 0
     assert tiling.tile_engine(engine).bank.new_bank(0, n_images=200).nearest_views == 0
     query = open_rgb(sorted((tire_dir / "test" / "good").iterdir())[0])
