@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .maps.anomaly_map import position_word
-from .maps.memory_bank import aggregate, augmentation, patches, view_matrix
+from .maps.memory_bank import augmentation, view_matrix
 from .reference_set import ReferenceSet
 from .result import Detection
 
@@ -112,7 +112,7 @@ def candidate_views(query: list[torch.Tensor], n_references: int, reference_set:
     bank = reference_set.bank
     searched = min(n_references, MAX_REFERENCES)
     if bank.views_apart:
-        chosen = bank.choose_views(patches(aggregate(query[bank.levels[-1]], bank.pool)[:, :, ::2, ::2]))
+        chosen = bank.views_for(query)
         n_views = len(bank.augmentations)
         views = [(bank.image_of_view[v], bank.augmentations[v % n_views]) for v in chosen]
         if bank.nearest_views > 0:

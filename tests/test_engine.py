@@ -18,8 +18,8 @@ from assistant.evidence import MAX_REFERENCES, candidate_views
 from assistant.images import load_mask
 from assistant.prompts import load
 from assistant.maps.anomaly_map import find_regions, interior_peaks, position_word
-from assistant.maps.memory_bank import (MemoryBank, aggregate, greedy_coreset, nearest_similarity, patches,
-                                        random_subset, self_distance, similarity_dtype)
+from assistant.maps.memory_bank import (MemoryBank, greedy_coreset, nearest_similarity, patches, random_subset,
+                                        self_distance, similarity_dtype)
 from assistant.reference_set import ReferenceSet
 from assistant.scorers import TextureScorer, held_out_folds
 
@@ -203,7 +203,7 @@ def test_many_references_compare_a_query_with_the_views_nearest_it(engine, tire_
     assert len(bank.view_banks) == n_views * len(photos)
     view, _ = engine.prepare(photos[3])
     levels = engine.encoder.encode_images([view]).levels
-    chosen = bank.choose_views(patches(aggregate(levels[bank.levels[-1]], bank.pool)[:, :, ::2, ::2]))
+    chosen = bank.views_for(levels)
     assert len(chosen) == nearest and chosen[0] == 3 * n_views  # photo 3 as photographed
     searched = candidate_views(levels, len(photos), references)  # the evidence looks where the bank did
     assert len(searched) == min(nearest, MAX_REFERENCES) and searched[0] == (3, "identity")

@@ -68,6 +68,12 @@ def aggregate(level: torch.Tensor, pool: int) -> torch.Tensor:
     return F.avg_pool2d(level, pool, stride=1, padding=pool // 2, count_include_pad=False)
 
 
+def view_key(feature: torch.Tensor) -> torch.Tensor:
+    """The patches `MemoryBank.choose_views` compares of a 1 x C x h x w coarsest-level feature:
+    every other cell, a quarter of the cost, enough to tell views apart."""
+    return patches(feature[:, :, ::2, ::2])
+
+
 def patches(level: torch.Tensor) -> torch.Tensor:
     """B x C x h x w -> (B*h*w) x C, L2-normalised."""
     return F.normalize(level.permute(0, 2, 3, 1).reshape(-1, level.shape[1]), dim=-1)
@@ -200,8 +206,9 @@ class MemoryBank:
 
     With `nearest_views` k > 0 (many references) the views are kept apart too, and each query is
     compared with the k views of all references that it matches best: complete photos of the
-    normal parts most like this one (SPADE's nearest images), instead of a coreset that keeps a
-    quarter of every photo's patches. The search is over k views, not over the cap."""
+    normal parts most like this one (SPADE's nearest images), instead of a coreset of all of them
+    (at 64 references, a quarter of the finer level's patches). The search is over k views, not
+    over the cap."""
 
     def __init__(self, levels: list[int], pool: int = 3, augmentations: list[str] | None = None,
                  max_patches: int = 50_000, seed: int = 0, self_radius: int = 0, precision: str = "auto",
@@ -278,6 +285,10 @@ class MemoryBank:
         """Whether each query is compared with views it chooses (`choose_views`), not one pooled bank."""
         return self.pose_views > 0 or self.nearest_views > 0
 
+    def views_for(self, levels: list[torch.Tensor]) -> list[int]:
+        """`choose_views` for one query given as encoded (its levels not yet pooled)."""
+        return self.choose_views(view_key(aggregate(levels[self.levels[-1]], self.pool)))
+
     def choose_views(self, key: torch.Tensor) -> list[int]:
         """Views whose patches the query's `key` patches (N x C, the coarsest bank level, every
         other cell) match best on average: the `nearest_views` best of all, or else the
@@ -297,8 +308,7 @@ class MemoryBank:
         """The per-level banks query `index` of the batch is compared with."""
         if not self.views_apart:
             return self.banks
-        coarse = features[-1][index:index + 1, :, ::2, ::2]
-        chosen = self.choose_views(patches(coarse))
+        chosen = self.choose_views(view_key(features[-1][index:index + 1]))
         return [torch.cat([self.view_banks[v][level] for v in chosen]) for level in range(len(self.levels))]
 
     def _features(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -85,7 +85,7 @@ class BankScorer:
         (tire, 2 threads), for 1.6 (k = 16, 3 seeds) and 5.1 (k = 8, one seed) points of tire image AUROC
         on the holdout half; surfaces keep theirs (docs/method.md, "Many references")."""
         nearest = int(self.cfg.get("nearest_views") or 0)
-        return nearest if pose_views == 0 and nearest and n_images > nearest else 0
+        return nearest if pose_views == 0 and n_images > nearest else 0
 
     def self_radius(self, n_images: int) -> int:
         """`memory_bank.self_radius`, up to `self_max_references` references (unset: for any number).
