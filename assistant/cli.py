@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="capture changes applied to test images only: rotate, shift, scale, light, blur, jpeg, noise")
     ev.add_argument("--logical-proxy", action="store_true",
                     help="evaluate each set's logical-anomaly proxy (missing, extra, turned, recoloured pieces made from its normal test images)")
+    ev.add_argument("--part-proxy", action="store_true",
+                    help="evaluate each surface set's part proxy (every photo placed as a part on a plain background at any angle)")
     ev.add_argument("--profile", default=None, metavar="NAME",
                     help="judge the test images against a saved profile (its references and threshold) instead of drawing --shots per seed")
     add_model_args(ev)
@@ -58,8 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="clean; pose = rotate,shift; capture = light,blur,jpeg,noise (default: all three)")
     matrix.add_argument("--split", choices=("all", "dev", "holdout"), default="holdout")
     matrix.add_argument("--no-logical-proxy", action="store_true", help="skip the logical-anomaly proxies")
+    matrix.add_argument("--no-part-proxy", action="store_true", help="skip the part proxies of surface sets")
     matrix.add_argument("--output", type=Path, default=Path("docs/eval/matrix.json"),
-                        help="JSON path; the Markdown table goes beside it (.md)")
+                        help="JSON path; the Markdown table goes beside it (.md); both are rewritten after every row")
+    matrix.add_argument("--resume", action="store_true",
+                        help="keep the rows --output holds from an earlier run measured the same way (seeds, split, preset): "
+                             "an interrupted run continues, a run with more sets or shots measures only those")
     add_model_args(matrix)
 
     bench = sub.add_parser("bench", help="latency per stage for 1, 4, 64 references and each encoder backend, beside anomalib's PatchCore")
@@ -99,7 +105,7 @@ def _run_eval(args) -> int:
     report = run_evaluation(args.data, args.category, args.shots, args.seeds, args.output, args.preset, args.checkpoint,
                             args.csv, args.class_name, split_defects=args.split_defects, overrides=overrides,
                             which=args.split, perturbations=args.perturb, logical_proxy=args.logical_proxy,
-                            profile=args.profile)
+                            profile=args.profile, part_proxy=args.part_proxy)
     print(format_table(report))
     if args.output:
         print(f"results written to {args.output}")
@@ -148,7 +154,8 @@ def _run_matrix(args) -> int:
     sources = args.data or list(DEFAULT_SOURCES)
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
     report = run_matrix(sources, shots, args.seeds, args.many_shot_seeds, conditions, args.split, args.output,
-                        args.preset, args.checkpoint, logical_proxy=not args.no_logical_proxy)
+                        args.preset, args.checkpoint, logical_proxy=not args.no_logical_proxy, resume=args.resume,
+                        part_proxy=not args.no_part_proxy)
     print(f"{len(report['rows'])} rows written to {args.output} and {args.output.with_suffix('.md')}")
     return 0
 

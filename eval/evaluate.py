@@ -11,7 +11,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -33,6 +33,9 @@ from .protocol import base_category, select
 
 # Pixel metrics are computed with the longest side scaled to this, to bound memory on big sets.
 PIXEL_EVAL_SIDE = 256
+# An anomalous image whose capture change left less than this share of its defect's pixels in the
+# frame no longer shows its defect: it is left out of that evaluation (eval/perturb.py).
+MIN_DEFECT_KEPT = 0.5
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "judgement_accuracy")
 
 
@@ -44,6 +47,7 @@ class EncodedTest:
     box: tuple[int, int, int, int]  # where the encoded view sits in the image (crop)
     seconds: float
     mask: np.ndarray | None  # ground truth at the pixel-evaluation size (after any perturbation)
+    kept: float = 1.0  # share of the defect's pixels the perturbed frame still holds
 
 
 def pixel_eval_size(width: int, height: int) -> tuple[int, int]:
@@ -51,15 +55,16 @@ def pixel_eval_size(width: int, height: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def load_test_image(sample, perturbations: list[str]):
-    """The test image (RGB PIL) and its mask at the pixel-evaluation size, after `perturbations`."""
+def load_test_image(sample, perturbations: list[str], keep_every_pixel: bool = False):
+    """The test image (RGB PIL) and its mask at the pixel-evaluation size, after `perturbations`,
+    and the share of its defect's pixels still in the frame (`perturb.apply`)."""
     image = open_image(sample.path)
     mask = load_mask(sample.mask_path, image.size) if sample.mask_path else None
-    image, mask = perturb.apply(perturbations, image, mask, str(sample.path))
+    image, mask, kept = perturb.apply(perturbations, image, mask, str(sample.path), keep_every_pixel)
     small = pixel_eval_size(*image.size)
     if mask is None:
-        return image, np.zeros(small[::-1], bool)
-    return image, cv2.resize(mask.astype(np.uint8), small, interpolation=cv2.INTER_NEAREST).astype(bool)
+        return image, np.zeros(small[::-1], bool), kept
+    return image, cv2.resize(mask.astype(np.uint8), small, interpolation=cv2.INTER_NEAREST).astype(bool), kept
 
 
 def encode_tests(engine: AnomalyEngine, split: Split, class_name: str, batch_size: int, progress: bool,
@@ -70,17 +75,17 @@ def encode_tests(engine: AnomalyEngine, split: Split, class_name: str, batch_siz
     bar = tqdm(total=len(samples), desc=f"{split.name}: encode", disable=not progress, leave=False)
     for start in range(0, len(samples), batch_size):
         batch = samples[start:start + batch_size]
-        loaded = [load_test_image(sample, perturbations or []) for sample in batch]
-        images = [image for image, _ in loaded]
+        loaded = [load_test_image(sample, perturbations or [], not split.has_masks) for sample in batch]
+        images = [image for image, _, _ in loaded]
         began = time.perf_counter()
         prepared = [engine.prepare(image) for image in images]
         encoded = engine.encode_each([view for view, _ in prepared], batch_size, sources=dict(enumerate(images)))
         text = [engine.text_maps(one, class_name) for one in encoded]
         per_image = (time.perf_counter() - began) / len(batch)
-        for one, text_map, (image, mask), (_, box) in zip(encoded, text, loaded, prepared):
+        for one, text_map, (image, mask, kept), (_, box) in zip(encoded, text, loaded, prepared):
             levels = [level if i in keep else None for i, level in enumerate(one.levels)]
             out.append(EncodedTest(EncodedImages(levels, one.embedding, colour=one.colour), text_map, image.size, box,
-                                   per_image, mask))
+                                   per_image, mask, kept))
         bar.update(len(batch))
     bar.close()
     return out
@@ -112,8 +117,25 @@ def evaluate_split(engine: AnomalyEngine, split: Split, shots: int, seeds: list[
         return evaluate_tiled_split(engine, split, shots, seeds, class_name, progress, csv_rows, split_defects,
                                     perturbations, fixed_references)
     tests = encode_tests(engine, split, class_name, batch_size, progress, perturbations)
-    return score_tests(engine, split, tests, shots, seeds, class_name, progress, csv_rows, split_defects,
-                       fixed_references)
+    split, tests, left_out = in_frame(split, tests)
+    return with_left_out(score_tests(engine, split, tests, shots, seeds, class_name, progress, csv_rows, split_defects,
+                                     fixed_references), left_out)
+
+
+def in_frame(split: Split, tests: list[EncodedTest]) -> tuple[Split, list[EncodedTest], int]:
+    """The split and its encoded tests without the anomalous images whose capture change cut their
+    defect out of the frame (less than MIN_DEFECT_KEPT of it left), and how many those were."""
+    keep = [i for i, test in enumerate(tests) if split.test[i].label == 0 or test.kept >= MIN_DEFECT_KEPT]
+    if len(keep) == len(tests):
+        return split, tests, 0
+    return replace(split, test=[split.test[i] for i in keep]), [tests[i] for i in keep], len(tests) - len(keep)
+
+
+def with_left_out(results: dict[str, dict], left_out: int) -> dict[str, dict]:
+    """Results whose entries also say how many anomalous images were left out as out of frame."""
+    for entry in results.values():
+        entry["defects_out_of_frame"] = left_out
+    return results
 
 
 def is_tiled(engine: AnomalyEngine, split: Split) -> bool:
@@ -132,6 +154,9 @@ def evaluate_tiled_split(engine: AnomalyEngine, split: Split, shots: int, seeds:
     """The metrics `evaluate.score_tests` reports, with every image of the set scored in tiles (an
     image smaller than a tile is one tile)."""
     mode = tiling.settings_of(engine).stitch
+    lost = {i for i, sample in enumerate(split.test) if perturbations and sample.label == 1
+            and load_test_image(sample, perturbations, not split.has_masks)[2] < MIN_DEFECT_KEPT}
+    split = replace(split, test=[sample for i, sample in enumerate(split.test) if i not in lost])
     per_seed: dict[str, list[dict]] = {}
     ms, reference_seconds = [], []
     for seed in seeds:
@@ -145,7 +170,7 @@ def evaluate_tiled_split(engine: AnomalyEngine, split: Split, shots: int, seeds:
         threshold = references.threshold if references else engine.zero_shot_threshold()
         scores, gts, preds, seconds = [], [], [], []
         for sample in tqdm(split.test, desc=f"{split.name}: seed {seed}", disable=not progress, leave=False):
-            image, mask = load_test_image(sample, perturbations or [])
+            image, mask, _ = load_test_image(sample, perturbations or [], not split.has_masks)
             tiled = tiling.assess(engine, image, references, class_name)
             scores.append(tiled.score)
             seconds.append(tiled.seconds)
@@ -155,7 +180,7 @@ def evaluate_tiled_split(engine: AnomalyEngine, split: Split, shots: int, seeds:
         ms.append(1000 * float(np.mean(seconds)))
         _record_seed(per_seed, split, seed, np.asarray(scores), threshold, gts, preds,
                      split_defects, csv_rows)
-    return _summary(split, per_seed, ms, reference_seconds)
+    return with_left_out(_summary(split, per_seed, ms, reference_seconds), len(lost))
 
 
 def score_tests(engine: AnomalyEngine, split: Split, tests: list[EncodedTest], shots: int, seeds: list[int],
@@ -247,14 +272,19 @@ def proxy_root() -> Path:
     return Path(base) / "proxies"
 
 
-def evaluation_splits(data: str, categories: list[str] | None, which: str = "all", logical_proxy: bool = False) -> list[Split]:
+def evaluation_splits(data: str, categories: list[str] | None, which: str = "all", logical_proxy: bool = False,
+                      part_proxy: bool = False) -> list[Split]:
     """The sets to evaluate: each found set, or with `logical_proxy` its logical proxy
-    (eval/logical_proxy.py, made once into `proxy_root()`), cut to the dev or holdout half."""
-    from .logical_proxy import build
+    (eval/logical_proxy.py), or with `part_proxy` the part proxy of each surface set
+    (eval/part_proxy.py), made once into `proxy_root()`; cut to the dev or holdout half."""
+    from . import logical_proxy as logical
+    from . import part_proxy as part
 
     splits = discover(data, categories)
     if logical_proxy:
-        splits = [discover(build(split, proxy_root()))[0] for split in splits]
+        splits = [discover(logical.build(split, proxy_root()))[0] for split in splits]
+    if part_proxy:
+        splits = [discover(part.build(split, proxy_root()))[0] for split in splits if part.applies(split)]
     return [select(split, which) for split in splits]
 
 
@@ -273,7 +303,7 @@ def run_evaluation(data: str, categories: list[str] | None, shots: int, seeds: i
                    class_name: str | None = None, batch_size: int = 8, split_defects: bool = False,
                    overrides: dict | None = None, progress: bool | None = None, which: str = "all",
                    perturbations: list[str] | None = None, logical_proxy: bool = False,
-                   engine: AnomalyEngine | None = None, profile: str | None = None) -> dict:
+                   engine: AnomalyEngine | None = None, profile: str | None = None, part_proxy: bool = False) -> dict:
     """Evaluate every set under `data` (see `evaluation_splits`); `engine` reuses a loaded one. With
     `profile`, every set is judged against that profile's references (its bank and threshold, one
     seed), as `inspect --profile` would judge it."""
@@ -284,7 +314,7 @@ def run_evaluation(data: str, categories: list[str] | None, shots: int, seeds: i
     if seeds < 1:
         raise ValueError("--seeds must be at least 1")
     perturbations = perturb.parse(perturbations)
-    splits = evaluation_splits(data, categories, which, logical_proxy)
+    splits = evaluation_splits(data, categories, which, logical_proxy, part_proxy)
     progress = sys.stderr.isatty() if progress is None else progress
     config = engine.preset if engine else load_preset(preset, overrides)
     engine = engine or AnomalyEngine(config, checkpoint_dir)
@@ -304,7 +334,8 @@ def run_evaluation(data: str, categories: list[str] | None, shots: int, seeds: i
     report = {
         "config": {
             "data": str(data), "categories": [s.name for s in splits], "shots": shots, "seeds": seed_list,
-            "split": which, "perturbations": perturbations, "logical_proxy": logical_proxy, "profile": profile,
+            "split": which, "perturbations": perturbations, "perturb_version": perturb.VERSION, "logical_proxy": logical_proxy,
+            "part_proxy": part_proxy, "profile": profile,
             "preset": config.get("name", str(preset)), "encoder": config["encoder"], "memory_bank": config["memory_bank"],
             "anomaly_map": config["anomaly_map"], "threshold": config.get("threshold"),
             "text_map_trained": engine.text_map.trained,

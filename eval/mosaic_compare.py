@@ -72,7 +72,7 @@ def compare_split(engine: AnomalyEngine, split: Split, shots: int, seed: int, cl
     rows = []
     gts, preds = [], {"tiled max": [], "tiled mean": [], "per cell": []}
     for sample in tqdm(split.test, desc=split.name, disable=not progress, leave=False):
-        image, mask = load_test_image(sample, [])
+        image, mask, _ = load_test_image(sample, [])
         small = pixel_eval_size(*image.size)
         tiled = tiling.assess(engine, image, tiled_refs, class_name)
         stitched = {mode: tiled.full_map(mode) for mode in ("max", "mean")}

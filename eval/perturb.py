@@ -11,13 +11,21 @@ has no background to fill in, so after the warp the largest rectangle of the ima
 that holds only real pixels is kept, at native pixel size: what a camera turned or moved over the
 same surface would see. Reflecting the surface into the corners instead makes seams and mirrors
 the image's edge rows inward as lines, which no camera shows.
+
+That rectangle loses the photo's corners (a turn by 45 degrees keeps half of a square photo), and
+with them the defects that lie there: on magnetic tile, rotate + shift cut 61 % of the defects out
+of the frame entirely. So a surface's rectangle is placed where it holds most of the defect's mask,
+`Sample.kept` says how much of the defect the frame still holds (the evaluation leaves out anomalous
+images that kept less than half of it: they no longer show their defect), and a surface of a set
+without masks, whose defects cannot be followed, is only turned by multiples of 90 degrees, which
+keep every pixel (`keep_every_pixel`; shift and scale leave it as it is).
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import cv2
@@ -25,6 +33,11 @@ import numpy as np
 from PIL import Image
 
 from assistant.foreground import plain_background, warp_keep_size
+
+# Changes when what a named change does to an image changes, so results of an older version are not
+# mixed with new ones (a resumed matrix keeps only rows of the same version). 2: a surface's frame
+# is placed over its defect, and sets without masks are turned by right angles only.
+VERSION = 2
 
 # Ranges of the issue's protocol: shift and scale +-10 %, brightness and contrast +-20 %.
 SHIFT = 0.10
@@ -37,10 +50,13 @@ NOISE_SIGMA = (3.0, 8.0)  # grey levels of 255: a sensor at raised gain
 
 @dataclass
 class Sample:
-    """An RGB image (H x W x 3 uint8) and its boolean mask (H x W), changed together."""
+    """An RGB image (H x W x 3 uint8) and its boolean mask (H x W), changed together; `kept` is the
+    share of the defect's pixels the frame still holds after the changes so far."""
 
     image: np.ndarray
     mask: np.ndarray
+    keep_every_pixel: bool = False
+    kept: float = 1.0
 
 
 def rng_for(name: str, key: str) -> np.random.Generator:
@@ -50,19 +66,16 @@ def rng_for(name: str, key: str) -> np.random.Generator:
 
 def rectangles_inside(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     """Boolean map of top-left corners (y, x) where a height x width rectangle holds only True
-    pixels of `mask` (from an integral image: one pass, whatever the rectangle's size)."""
-    outside = np.pad((~mask.astype(bool)).astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
-    rows, cols = mask.shape[0] - height + 1, mask.shape[1] - width + 1
-    if rows <= 0 or cols <= 0:
+    pixels of `mask`."""
+    if mask.shape[0] < height or mask.shape[1] < width:
         return np.zeros((0, 0), bool)
-    count = (outside[height:height + rows, width:width + cols] - outside[:rows, width:width + cols]
-             - outside[height:height + rows, :cols] + outside[:rows, :cols])
-    return count == 0
+    return window_sums(~mask.astype(bool), height, width) == 0
 
 
-def largest_valid_rectangle(valid: np.ndarray, aspect: float) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1) of the largest rectangle of width/height `aspect` inside `valid`, the one
-    nearest the centre among those of that size."""
+def largest_valid_rectangle(valid: np.ndarray, aspect: float, hold: np.ndarray | None = None) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the largest rectangle of width/height `aspect` inside `valid`: among those
+    of that size, the one holding the most pixels of `hold` (a defect's mask), then the one nearest
+    the centre."""
     height, width = valid.shape
     low, high = 0.05, 1.0
     best = None
@@ -72,12 +85,24 @@ def largest_valid_rectangle(valid: np.ndarray, aspect: float) -> tuple[int, int,
         rect_w = max(1, int(min(width, rect_h * aspect)))
         ys, xs = np.nonzero(rectangles_inside(valid, rect_h, rect_w))
         if len(ys):
-            centre = np.argmin((ys + rect_h / 2 - height / 2) ** 2 + (xs + rect_w / 2 - width / 2) ** 2)
-            best = (int(xs[centre]), int(ys[centre]), int(xs[centre]) + rect_w, int(ys[centre]) + rect_h)
+            order = (ys + rect_h / 2 - height / 2) ** 2 + (xs + rect_w / 2 - width / 2) ** 2
+            if hold is not None and hold.any():  # the defect's pixels first, the distance to the centre second
+                order = order - window_sums(hold, rect_h, rect_w)[ys, xs] * (order.max() + 1)
+            pick = int(np.argmin(order))
+            best = (int(xs[pick]), int(ys[pick]), int(xs[pick]) + rect_w, int(ys[pick]) + rect_h)
             low = scale
         else:
             high = scale
     return best or (0, 0, width, height)
+
+
+def window_sums(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pixels of `mask` inside the height x width rectangle at each top-left corner (y, x), from an
+    integral image: one pass, whatever the rectangle's size."""
+    total = np.pad(mask.astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    rows, cols = mask.shape[0] - height + 1, mask.shape[1] - width + 1
+    return (total[height:height + rows, width:width + cols] - total[:rows, width:width + cols]
+            - total[height:height + rows, :cols] + total[:rows, :cols])
 
 
 def covering_canvas(matrix: np.ndarray, width: int, height: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -104,28 +129,45 @@ def warp(sample: Sample, matrix: np.ndarray) -> Sample:
     mask = cv2.warpAffine(sample.mask.astype(np.uint8) * 255, matrix, size, flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT) > 127
     if plain:
-        return Sample(image, mask)
+        return replace(sample, image=image, mask=mask)
     valid = cv2.warpAffine(np.ones((height, width), np.uint8), matrix, size, flags=cv2.INTER_NEAREST,
                            borderMode=cv2.BORDER_CONSTANT) > 0
-    x0, y0, x1, y1 = largest_valid_rectangle(valid, width / height)
-    return Sample(image[y0:y1, x0:x1].copy(), mask[y0:y1, x0:x1].copy())
+    x0, y0, x1, y1 = largest_valid_rectangle(valid, width / height, mask)
+    inside = mask[y0:y1, x0:x1].copy()
+    # The defect's area after the warp, had the frame been endless (a turn can carry it off the canvas).
+    area = sample.mask.sum() * abs(np.linalg.det(np.asarray(matrix, np.float64)[:, :2]))
+    kept = sample.kept * (min(1.0, inside.sum() / area) if area > 0 else 1.0)
+    return replace(sample, image=image[y0:y1, x0:x1].copy(), mask=inside, kept=float(kept))
+
+
+def is_surface(sample: Sample) -> bool:
+    return plain_background(sample.image) is None
 
 
 def rotate(sample: Sample, rng: np.random.Generator) -> Sample:
     height, width = sample.mask.shape
-    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), float(rng.uniform(0, 360)), 1.0)
+    angle = float(rng.uniform(0, 360))
+    if sample.keep_every_pixel and is_surface(sample):
+        turns = int(round(angle / 90.0)) % 4
+        return replace(sample, image=np.ascontiguousarray(np.rot90(sample.image, turns)),
+                       mask=np.ascontiguousarray(np.rot90(sample.mask, turns)))
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
     return warp(sample, matrix)
 
 
 def shift(sample: Sample, rng: np.random.Generator) -> Sample:
     height, width = sample.mask.shape
     dx, dy = rng.uniform(-SHIFT, SHIFT, 2) * (width, height)
+    if sample.keep_every_pixel and is_surface(sample):
+        return sample
     return warp(sample, np.float32([[1, 0, dx], [0, 1, dy]]))
 
 
 def scale(sample: Sample, rng: np.random.Generator) -> Sample:
     height, width = sample.mask.shape
     factor = float(math.exp(rng.uniform(math.log(1 - SCALE), math.log(1 + SCALE))))
+    if sample.keep_every_pixel and is_surface(sample):
+        return sample
     return warp(sample, cv2.getRotationMatrix2D((width / 2, height / 2), 0.0, factor))
 
 
@@ -135,23 +177,23 @@ def light(sample: Sample, rng: np.random.Generator) -> Sample:
     image = sample.image.astype(np.float32)
     mean = image.mean()
     image = ((image - mean) * contrast + mean) * gain
-    return Sample(np.clip(image, 0, 255).astype(np.uint8), sample.mask)
+    return replace(sample, image=np.clip(image, 0, 255).astype(np.uint8))
 
 
 def blur(sample: Sample, rng: np.random.Generator) -> Sample:
-    return Sample(cv2.GaussianBlur(sample.image, (0, 0), float(rng.uniform(*BLUR_SIGMA))), sample.mask)
+    return replace(sample, image=cv2.GaussianBlur(sample.image, (0, 0), float(rng.uniform(*BLUR_SIGMA))))
 
 
 def jpeg(sample: Sample, rng: np.random.Generator) -> Sample:
     buffer = io.BytesIO()
     Image.fromarray(sample.image).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return Sample(np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")), sample.mask)
+    return replace(sample, image=np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")))
 
 
 def noise(sample: Sample, rng: np.random.Generator) -> Sample:
     sigma = float(rng.uniform(*NOISE_SIGMA))
     image = sample.image.astype(np.float32) + rng.normal(0.0, sigma, sample.image.shape)
-    return Sample(np.clip(image, 0, 255).astype(np.uint8), sample.mask)
+    return replace(sample, image=np.clip(image, 0, 255).astype(np.uint8))
 
 
 PERTURBATIONS: dict[str, Callable[[Sample, np.random.Generator], Sample]] = {
@@ -172,13 +214,16 @@ def parse(names: str | list[str] | None) -> list[str]:
     return names
 
 
-def apply(names: list[str], image: Image.Image, mask: np.ndarray | None, key: str) -> tuple[Image.Image, np.ndarray | None]:
+def apply(names: list[str], image: Image.Image, mask: np.ndarray | None, key: str,
+          keep_every_pixel: bool = False) -> tuple[Image.Image, np.ndarray | None, float]:
     """`image` (RGB PIL) and `mask` (bool H x W, or None for a normal image) after each named change
-    in order, with parameters drawn for the image `key` (its path)."""
+    in order, with parameters drawn for the image `key` (its path), and the share of the mask's
+    pixels the frame still holds (1 for a normal image). `keep_every_pixel`: for a set whose defects
+    have no masks, surfaces are only turned by multiples of 90 degrees (module docstring)."""
     if not names:
-        return image, mask
+        return image, mask, 1.0
     array = np.asarray(image.convert("RGB"))
-    sample = Sample(array, mask if mask is not None else np.zeros(array.shape[:2], bool))
+    sample = Sample(array, mask if mask is not None else np.zeros(array.shape[:2], bool), keep_every_pixel)
     for name in names:
         sample = PERTURBATIONS[name](sample, rng_for(name, key))
-    return Image.fromarray(sample.image), (sample.mask if mask is not None else None)
+    return Image.fromarray(sample.image), (sample.mask if mask is not None else None), sample.kept

@@ -22,9 +22,17 @@ FAMILIES = {"tire": "object", "magnetic_tile": "ground surface", "textile": "tex
 DEFAULT_SOURCES = (str(Path(__file__).resolve().parents[2] / "shared" / "datasets"), "conformal-clip-data")
 
 
+# A part proxy (eval/part_proxy.py, "<set>_part") shows its source's photos as parts on a background.
+PART_SUFFIX = "_part"
+
+
 def family_of(category: str) -> str | None:
-    """The family of a set, also for its derived sets ("tire_logical" -> "object")."""
-    return FAMILIES.get(base_category(category))
+    """The family of a set, also for its derived sets ("tire_logical" -> "object"; a part proxy is an
+    object whatever its source)."""
+    base = base_category(category)
+    if base != category and category.endswith(PART_SUFFIX) and base in FAMILIES:
+        return "object"
+    return FAMILIES.get(base)
 
 
 # Derived sets (eval/logical_proxy.py) name an image made from a normal test image "<stem>__<change>".
@@ -34,10 +42,11 @@ DERIVED_SEPARATOR = "__"
 def in_dev(category: str, defect: str, stem: str) -> bool:
     """Half of each set's test images, fixed by a hash of (set, defect folder, file stem): the same on
     every machine and independent of how many files the folder holds, so adding images never moves
-    an old one across the line. An image of a derived set ("tire_logical") goes where the normal
-    image it was made from goes, so nothing chosen on a derived set's dev half saw a holdout image."""
+    an old one across the line. An image of a derived set goes where the image it was made from goes
+    (a logical proxy's "<stem>__<change>" where its normal source "<stem>" goes; a part proxy's images
+    keep their names and folders), so nothing chosen on a derived set's dev half saw a holdout image."""
     base = base_category(category)
-    if base != category:
+    if base != category and DERIVED_SEPARATOR in stem:
         defect, stem = "good", stem.split(DERIVED_SEPARATOR)[0]
     digest = hashlib.sha256(f"{base}/{defect}/{stem}".encode()).digest()
     return digest[0] % 2 == 0
