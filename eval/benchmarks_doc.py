@@ -61,6 +61,9 @@ CURRENT = (
      "The holdout half with each test image turned by a random angle and shifted (docs/protocol.md, capture changes)."),
     ("tire_logical_1shot_holdout.json", "tire logical-anomaly proxy, holdout half", "1 reference",
      "Missing, extra, turned and recoloured pieces made from normal test tires (docs/protocol.md); a proxy, not tuned to alone."),
+    ("magnetic_tile_part_1shot_holdout.json", "magnetic tile part proxy, holdout half", "1 reference",
+     "Each magnetic tile photo, references included, placed as a part on a plain background at its own angle "
+     "(docs/protocol.md, part proxy): a second object set; a proxy, not tuned to alone."),
     ("tire_64shot_holdout.json", "tire, holdout half", "64 references", MANY_SHOT_NOTE),
     ("magnetic_tile_64shot_holdout.json", "magnetic tile, holdout half", "64 references", MANY_SHOT_NOTE),
     ("textile_64shot_holdout.json", "textile, holdout half", "64 references", MANY_SHOT_NOTE),
@@ -225,8 +228,9 @@ def eval_command(name: str, data: dict) -> str:
     parts = ["anomaly-assistant eval", f"--data {config.get('data', '?')}"]
     cats = config.get("categories") or []
     if str(config.get("data")) != "conformal-clip-data":
-        # A proxy run records the derived set ("tire_logical"); its command names the source set.
-        parts += [f"--category {base_category(c) if config.get('logical_proxy') else c}" for c in dict.fromkeys(cats)]
+        # A proxy run records the derived set ("tire_logical", "magnetic_tile_part"); its command names the source set.
+        proxy = config.get("logical_proxy") or config.get("part_proxy")
+        parts += [f"--category {base_category(c) if proxy else c}" for c in dict.fromkeys(cats)]
     seeds = config.get("seeds")
     parts += [f"--shots {config.get('shots', '?')}", f"--seeds {len(seeds) if isinstance(seeds, list) else seeds}"]
     if any(":" in key for key in data["results"]):
@@ -237,6 +241,8 @@ def eval_command(name: str, data: dict) -> str:
         parts.append(f"--perturb {','.join(config['perturbations'])}")
     if config.get("logical_proxy"):
         parts.append("--logical-proxy")
+    if config.get("part_proxy"):
+        parts.append("--part-proxy")
     if config.get("preset") not in (None, "embedded"):
         parts.append(f"--preset {config['preset']}")
     checkpoint = config.get("checkpoint")
@@ -260,7 +266,10 @@ def matrix_command(name: str, config: dict) -> str:
         if config.get(key) is not None:
             parts.append(f"{flag} {config[key]}")
     if config.get("conditions"):
-        parts.append(f"--conditions {','.join(config['conditions'])}")
+        # The JSON keeps the conditions as a mapping with sorted keys: list them in the command's order.
+        order = ["clean", "pose", "capture"]
+        named = sorted(config["conditions"], key=lambda c: order.index(c) if c in order else len(order))
+        parts.append(f"--conditions {','.join(named)}")
     parts.append(f"--split {config.get('split', 'holdout')}")
     if config.get("preset") not in (None, "embedded"):
         parts.append(f"--preset {config['preset']}")
@@ -335,7 +344,10 @@ def matrix_section(name: str, data: dict) -> list[str]:
              f"- run: `docs/eval/{name}`, test images `{config.get('split', '?')}`, preset `{config.get('preset', '?')}`, "
              f"text map {'trained' if config.get('text_map_trained') else 'none'}, "
              f"{config.get('seeds', '?')} seeds below 16 references and {config.get('many_shot_seeds', '?')} from 16",
-             f"- machine: {machine(config)}", ""]
+             f"- machine: {machine(config)}"]
+    if data.get("complete") is False:
+        lines.append("- unfinished run: the rows below are those measured before it stopped (`--resume` continues it)")
+    lines.append("")
     by_set: dict[str, list[dict]] = {}
     for row in data["rows"]:
         by_set.setdefault(str(row.get("set")), []).append(row)
@@ -344,9 +356,18 @@ def matrix_section(name: str, data: dict) -> list[str]:
         family = rows[0].get("family") or "-"
         lines += [f"### {set_name} (family: {family})", ""]
         lines += _table(["condition", "references", "seeds", "n", *[t for _, t in columns]],
-                        [[str(r.get("condition")), str(r.get("shots")), str(r.get("seeds")), str(r.get("n_test", "?")),
+                        [[str(r.get("condition")), str(r.get("shots")), str(r.get("seeds")), tested(r),
                           *[cell(r.get(k)) for k, _ in columns]] for r in rows]) + [""]
+    if any(r.get("defects_out_of_frame") for r in data["rows"]):
+        lines += ["n: images scored; \"+ k out\": anomalous images left out because the capture change cut their "
+                  "defect out of the frame (less than half of it left; docs/protocol.md, capture changes).", ""]
     return lines
+
+
+def tested(row: dict) -> str:
+    """A matrix row's image count, and how many anomalous images its condition left out."""
+    out = row.get("defects_out_of_frame") or 0
+    return f"{row.get('n_test', '?')} + {out} out" if out else str(row.get("n_test", "?"))
 
 
 PROFILE_FILE = "profile_benchmark.json"

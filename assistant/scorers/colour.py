@@ -4,7 +4,12 @@ the references'. It adds to the score, never to the map.
 Objects get relative maps, which cannot see a change that covers much of the part (a recoloured or
 missing piece lifts the map's mean with its peak), and no texture statistics, which move with pose
 and framing. A distribution of colours over the part's mask does neither (docs/method.md, "Colour
-distribution": logical-anomaly proxy, 1 reference, dev 73.5 -> 78.0, holdout 75.4 -> 78.7; clean tire within 0.4).
+distribution": logical-anomaly proxy, 4 references, dev 86.5 -> 87.6, holdout 85.2 -> 87.0; clean tire unchanged).
+
+It needs two references or more: its unit, how far normal parts' colours differ, is measured by
+holding each reference out. One photo cannot show that, and a fixed unit read off tire photos
+(1.1) made every part whose colours vary more than a tire's anomalous: on the part proxy of magnetic
+tile (docs/protocol.md) one-reference image AUROC fell to 52.6 with the term, against 61.0 without.
 Settings: `anomaly_map.colour` (`weight`, `normal_level`)."""
 from __future__ import annotations
 
@@ -23,8 +28,7 @@ class ColourScorer:
     def __init__(self, preset: dict):
         self.cfg = preset["anomaly_map"].get("colour") or {}
         self.weight = float(self.cfg.get("weight", 0.5))
-        # Shift (CIELAB units) that two normal parts may differ by: the unit with one reference,
-        # the least unit with several (a few alike references would otherwise make any change count).
+        # The least unit (CIELAB units): a few alike references would otherwise make any change count.
         self.normal_level = float(self.cfg.get("normal_level", 1.1))
 
     @property
@@ -33,17 +37,15 @@ class ColourScorer:
 
     def fit(self, views: ReferenceViews) -> dict:
         """The references' mean quantile function and, as the unit, the largest shift of one
-        reference from the others' (leave-one-out), at least `normal_level`."""
+        reference from the others' (leave-one-out), at least `normal_level`; no term for one
+        reference (module docstring)."""
         originals = views.originals
-        if not self.active or not views.relative or any(view.colour is None for view in originals):
+        if not self.active or not views.relative or len(originals) < 2 or any(view.colour is None for view in originals):
             return {"colour": None}
         quantiles = np.concatenate([view.colour for view in originals])
-        unit = self.normal_level
-        if len(quantiles) > 1:
-            held_out = [float(colour_shift(quantiles[i:i + 1], centre(np.delete(quantiles, i, axis=0)))[0])
-                        for i in range(len(quantiles))]
-            unit = max(unit, max(held_out))
-        return {"colour": centre(quantiles), "colour_unit": unit}
+        held_out = [float(colour_shift(quantiles[i:i + 1], centre(np.delete(quantiles, i, axis=0)))[0])
+                    for i in range(len(quantiles))]
+        return {"colour": centre(quantiles), "colour_unit": max(self.normal_level, max(held_out))}
 
     def assess(self, encoded: EncodedImages, references: ReferenceSet, text_scale: torch.Tensor | None) -> Terms:
         """`weight` x the shift above the unit, in units of it."""
