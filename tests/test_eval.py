@@ -13,7 +13,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
-METRICS = {"image_auroc", "pixel_auroc", "aupro", "image_f1_max", "judgement_accuracy", "ms_per_image", "n_test"}
+METRICS = {"image_auroc", "pixel_auroc", "aupro", "image_f1_max", "judgement_accuracy", "ms_per_image", "n_test",
+           "defects_out_of_frame"}
 
 
 def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -58,6 +59,7 @@ def test_eval_writes_the_documented_schema_and_is_deterministic(small_dataset, t
     entry = report["results"]["textile"]
     assert set(entry) == METRICS
     assert entry["n_test"] == 8
+    assert entry["defects_out_of_frame"] == 0  # a clean run leaves no defect out
     for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max"):
         assert set(entry[key]) == {"mean", "std"} and 0 <= entry[key]["mean"] <= 100
     assert entry["image_auroc"]["mean"] >= 90  # painted blots are obvious
