@@ -60,7 +60,7 @@ def load_test_image(sample, perturbations: list[str], keep_every_pixel: bool = F
     and the share of its defect's pixels still in the frame (`perturb.apply`)."""
     image = open_image(sample.path)
     mask = load_mask(sample.mask_path, image.size) if sample.mask_path else None
-    image, mask, kept = perturb.apply(perturbations, image, mask, str(sample.path), keep_every_pixel)
+    image, mask, kept = perturb.apply(perturbations, image, mask, perturb.key_of(sample.path), keep_every_pixel)
     small = pixel_eval_size(*image.size)
     if mask is None:
         return image, np.zeros(small[::-1], bool), kept

@@ -118,6 +118,16 @@ def test_perturbations_are_reproducible_and_change_the_image():
         perturb.parse("rotate,sharpen")
 
 
+def test_an_image_gets_the_same_change_however_its_root_is_spelled(tmp_path, monkeypatch):
+    image, mask = part_on_background()
+    monkeypatch.chdir(tmp_path)
+    relative = Path("..") / tmp_path.name / "tire" / "test" / "cut" / "003.png"
+    absolute = tmp_path / "tire" / "test" / "cut" / "003.png"
+    assert perturb.key_of(relative) == perturb.key_of(absolute) == "tire/test/cut/003.png"
+    turned = [perturb.apply(["rotate", "shift"], image, mask, perturb.key_of(path))[0] for path in (relative, absolute)]
+    assert np.array_equal(np.asarray(turned[0]), np.asarray(turned[1]))
+
+
 def small_mvtec(tmp_path) -> Path:
     """part/{train/good, test/good, test/mark, ground_truth/mark}: parts on a plain background."""
     root = tmp_path / "part"
