@@ -283,11 +283,21 @@ def evidence_note(intent: str, detection: Detection | None, areas: list | None) 
 
 
 def closing_note(intent: str, detection: Detection | None, follow_up: bool = False) -> str:
-    """The sentence that closes a verdict, confidence or advice answer whose threshold the engine
-    could only estimate, after anything the LLM added; else ''."""
+    """What closes a verdict, confidence, advice or "why" answer, after anything the LLM added: that
+    the photo was taken differently from the references, and that the threshold is only an
+    estimate, where either holds; the capture change also answers "could it be the lighting?"."""
     if intent in ("confidence", "advice", "explain") or (intent == "judgement" and not follow_up):
-        return threshold_note(detection)
-    return ""
+        return " ".join(note for note in (capture_note(detection), threshold_note(detection)) if note)
+    return capture_note(detection) if intent == "cause" else ""
+
+
+def capture_note(detection: Detection | None) -> str:
+    """The photo's capture change against its references (assistant/capture.py), or ''."""
+    if detection is None or detection.capture is None:
+        return ""
+    change = detection.capture
+    return prompts.load("answers")["capture"][change.change].format(
+        class_name=facts(detection)["class_name"], ratio=f"{change.ratio:.1f}", percent=f"{100 * change.ratio:.0f} %")
 
 
 def threshold_note(detection: Detection | None) -> str:

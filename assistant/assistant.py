@@ -57,7 +57,8 @@ class ChatResult:
     def to_json(self) -> dict:
         data = {"answer": self.answer}
         data.update(self.detection.to_json() if self.detection else {"anomalous": None, "score": None,
-                                                                        "threshold": None, "regions": []})
+                                                                        "threshold": None, "regions": [],
+                                                                        "capture": None})
         for region, match in zip(data["regions"], self.kinds):
             region.update(match.to_json())
         for region, area in zip(data["regions"], self.areas):

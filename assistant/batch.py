@@ -79,4 +79,5 @@ def _detection(engine: AnomalyEngine, image: Image.Image, box, small_map, score:
     return Detection(anomalous=anomalous, score=score, threshold=float(threshold), anomaly_map=full_map,
                      regions=regions, image_size=(width, height),
                      mode="few-shot" if reference_set else "zero-shot", threshold_estimated=estimated,
-                     n_references=reference_set.n_images if reference_set else 0, class_name=class_name)
+                     n_references=reference_set.n_images if reference_set else 0, class_name=class_name,
+                     capture=engine.capture_of(image, reference_set))

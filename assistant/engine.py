@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .capture import background_detail, capture_change, reference_details
 from .config import deep_merge, load_preset, resolve_path
 from .encoders import EncodedImages, create_encoder
 from .foreground import foreground_box
@@ -24,7 +25,7 @@ from .maps.colour_stats import colour_quantiles
 from .maps.memory_bank import augment
 from .maps.text_map import TextMap
 from .reference_set import ReferenceSet, TiledReferences, estimates_threshold
-from .result import Detection, EngineError, Region
+from .result import CaptureChange, Detection, EngineError, Region
 from .scorers import (BankScorer, ColourScorer, GlobalStatsScorer, ReferenceViews, TextScorer, TextureScorer,
                       ZeroShotScorer, grid_size, held_out_folds, held_out_queries)
 
@@ -190,7 +191,26 @@ class AnomalyEngine:
         for scorer in self.scorers:
             fields.update(scorer.fit(views))
         return ReferenceSet(relative=views.relative, n_images=len(images),
-                            threshold=self._margin(views.relative, len(images)), **fields)
+                            threshold=self._margin(views.relative, len(images)),
+                            capture=reference_details(images) if views.relative and self.capture_tolerance else None,
+                            **fields)
+
+    @property
+    def capture_tolerance(self) -> float | None:
+        """`capture_check.tolerance`: the factor by which a photo's background detail may lie outside
+        its references' before the answer points it out (unset: no capture check)."""
+        tolerance = (self.preset.get("capture_check") or {}).get("tolerance")
+        if tolerance is None:
+            return None
+        if not isinstance(tolerance, (int, float)) or tolerance < 1:
+            raise EngineError(f"capture_check.tolerance must be a factor of at least 1, got {tolerance!r}")
+        return float(tolerance)
+
+    def capture_of(self, image: Image.Image, reference_set: ReferenceSet | None) -> CaptureChange | None:
+        """How `image` was captured against an object's references (assistant/capture.py), or None."""
+        if reference_set is None or reference_set.capture is None or not self.capture_tolerance:
+            return None
+        return capture_change(background_detail(image), reference_set.capture, self.capture_tolerance)
 
     def encode_references(self, images: list[Image.Image], class_name: str, seed: int) -> ReferenceViews:
         """The views the scorers fit on: each image augmented as the bank asks, then prepared as a
@@ -235,7 +255,8 @@ class AnomalyEngine:
         return Detection(anomalous=anomalous, score=score, threshold=float(threshold), anomaly_map=full_map,
                          regions=regions, image_size=(width, height),
                          mode="few-shot" if reference_set else "zero-shot", threshold_estimated=estimated,
-                         n_references=reference_set.n_images if reference_set else 0, class_name=class_name)
+                         n_references=reference_set.n_images if reference_set else 0, class_name=class_name,
+                         capture=self.capture_of(image, reference_set))
 
 
 def _row(levels: list[torch.Tensor] | None, index: int) -> list[torch.Tensor] | None:

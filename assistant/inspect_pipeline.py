@@ -23,7 +23,7 @@ from .images import ImageError, load_image
 from .report_html import thumbnail_data_uri
 
 IO_THREADS = 2  # one decodes the next batch, one renders the last: more only queue behind two cores
-CSV_COLUMNS = ["file", "anomalous", "score", "threshold", "regions", "answer", "error"]
+CSV_COLUMNS = ["file", "anomalous", "score", "threshold", "regions", "capture", "answer", "error"]
 OVERLAY_DIR = "overlays"
 
 
@@ -42,6 +42,7 @@ class Row:
     score: float | None = None
     threshold: float | None = None
     regions: list[dict] = field(default_factory=list)  # {"box": [...], "position": str}
+    capture: str = ""  # "noisier x2.10": the photo's background detail against its references' (capture.py)
     answer: str = ""
     error: str = ""
     threshold_note: str = ""  # why the threshold is only an estimate: see answer.threshold_note
@@ -55,6 +56,7 @@ class Row:
             "score": "" if self.score is None else f"{self.score:.6f}",
             "threshold": "" if self.threshold is None else f"{self.threshold:.6f}",
             "regions": format_regions(self.regions),
+            "capture": self.capture,
             "answer": self.answer,
             "error": self.error,
         }
@@ -153,6 +155,7 @@ def _answer_one(assistant, job: InspectJob, read: Read) -> tuple[Row, object]:
     row.anomalous, row.score, row.threshold = detection.anomalous, float(detection.score), float(detection.threshold)
     row.regions = result.to_json()["regions"]  # with the kind of each region when defect examples are given
     row.threshold_note = threshold_note(detection)
+    row.capture = f"{detection.capture.change} x{detection.capture.ratio:.2f}" if detection.capture else ""
     row.answer = result.answer
     return row, result
 

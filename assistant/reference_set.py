@@ -36,6 +36,7 @@ class ReferenceSet:
     texture: TextureBank | None = None  # window statistics of surface references (objects: None)
     colour: np.ndarray | None = None  # objects: the references' mean colour quantiles (scorers.colour)
     colour_unit: float = 1.0  # colour shift, in CIELAB units, that counts as normal
+    capture: np.ndarray | None = None  # objects: each reference's background detail (assistant/capture.py)
     fingerprint: str = ""  # what it was built from (images, class, seed): the key caches and profiles use
 
     @property
@@ -46,8 +47,9 @@ class ReferenceSet:
         """Tensors and JSON-able settings that `restore` turns back into this set (profiles)."""
         tensors, meta = self.bank.state("bank.")
         tensors["normal_scores"] = torch.as_tensor(np.asarray(self.normal_scores, np.float32))
-        if self.colour is not None:
-            tensors["colour"] = torch.as_tensor(np.asarray(self.colour, np.float32))
+        for name in ("colour", "capture"):
+            if getattr(self, name) is not None:
+                tensors[name] = torch.as_tensor(np.asarray(getattr(self, name), np.float32))
         meta.update(relative=self.relative, n_images=self.n_images, peak_unit=self.peak_unit,
                     global_unit=self.global_unit, texture_normal=self.texture_normal, threshold=self.threshold,
                     fingerprint=self.fingerprint, mean_floor=self.mean_floor, colour_unit=self.colour_unit)
@@ -68,6 +70,7 @@ class ReferenceSet:
                    texture=TextureBank.restore(tensors, meta["texture"], "texture.", device) if "texture" in meta else None,
                    colour=tensors["colour"].numpy() if "colour" in tensors else None,
                    colour_unit=float(meta.get("colour_unit", 1.0)),
+                   capture=tensors["capture"].numpy() if "capture" in tensors else None,
                    fingerprint=str(meta["fingerprint"]))
 
 

@@ -19,6 +19,18 @@ class Region:
         return {"box": [int(v) for v in self.box], "position": self.position}
 
 
+@dataclass(frozen=True)
+class CaptureChange:
+    """A photo whose background detail lies outside what its references show: `change` is
+    "noisier" or "smoother" and `ratio` the photo's detail over the nearest reference's."""
+
+    change: str
+    ratio: float
+
+    def to_json(self) -> dict:
+        return {"change": self.change, "ratio": round(self.ratio, 3)}
+
+
 @dataclass
 class Detection:
     """Judgement, score, map and regions for one query image."""
@@ -37,6 +49,10 @@ class Detection:
     # margin). Such a verdict is weaker (docs/method.md, "Calibration"), and the answer says so; a
     # threshold the user set is the user's
     threshold_estimated: bool = False
+    # The photo's background detail outside what its references show (assistant/capture.py): a
+    # capture change that can move the verdict, which the answer points out; None when within it
+    # or not measured (no references, a surface, tiles).
+    capture: CaptureChange | None = None
 
     @property
     def confidence(self) -> float:
@@ -50,6 +66,7 @@ class Detection:
             "score": round(float(self.score), 6),
             "threshold": round(float(self.threshold), 6),
             "regions": [region.to_json() for region in self.regions],
+            "capture": self.capture.to_json() if self.capture else None,
         }
 
 

@@ -29,7 +29,8 @@ def test_ask_json_and_heatmap(textile, tmp_path):
                      "--question", "Is there any defect on this fabric?", "--json", "--heatmap", str(heatmap))
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(result.stdout)  # the whole of stdout is one JSON document
-    assert set(data) == {"answer", "anomalous", "score", "threshold", "regions"}
+    assert set(data) == {"answer", "anomalous", "score", "threshold", "regions", "capture"}
+    assert data["capture"] is None  # a texture filling the frame: no background to read the capture on
     assert data["anomalous"] is True and data["answer"].startswith("Yes")
     width, height = Image.open(query).size
     for region in data["regions"]:
@@ -57,7 +58,7 @@ def test_inspect_folder_with_bad_files(textile, bad_inputs, tmp_path):
     assert f"note:   {note}" in result.stdout
 
     rows = list(csv.DictReader((out / "report.csv").open(encoding="utf-8")))
-    assert list(rows[0]) == ["file", "anomalous", "score", "threshold", "regions", "answer", "error"]
+    assert list(rows[0]) == ["file", "anomalous", "score", "threshold", "regions", "capture", "answer", "error"]
     assert [r["file"] for r in rows] == sorted(r["file"] for r in rows)
     by_file = {r["file"]: r for r in rows}
     assert set(by_file) == {"a_normal.png", "line2/animated.gif", "line2/b_defect.png", "line2/empty.png",

@@ -46,6 +46,8 @@ def test_a_loaded_profile_judges_as_its_reference_images_do(engine, tire_dir, tm
     assert loaded.references is not engine.references([load_image(good[0])], "tire")
     assert loaded.references.bank.pose_views > 0 and loaded.references.n_images == 1
     references = [load_image(good[0])]
+    built = engine.references(references, "tire")
+    assert built.capture is not None and np.allclose(loaded.references.capture, built.capture)
     for path in sorted((tire_dir / "test" / "cut").iterdir())[:2] + sorted((tire_dir / "test" / "good").iterdir())[:1]:
         image = load_image(path)
         from_images = engine.detect(image, references, "tire")
