@@ -52,7 +52,8 @@ def detect_batch(engine: AnomalyEngine, images: list[Image.Image], references: l
     if not one_view:
         return detections
     reference_set = engine.references(references, class_name) if references else None
-    prepared = {index: engine.prepare(images[index]) for index in one_view}
+    masks = {index: engine.foreground_mask(images[index]) for index in one_view}
+    prepared = {index: engine.prepare(images[index], masks[index]) for index in one_view}
     for group in size_groups(engine, [prepared[index][0] for index in one_view]):
         group = [one_view[position] for position in group]
         sources = [images[index] for index in group] if judges_colour(reference_set) else None
@@ -60,13 +61,13 @@ def detect_batch(engine: AnomalyEngine, images: list[Image.Image], references: l
         maps, scores = engine.assess(encoded, reference_set, class_name)
         for row, index in enumerate(group):
             detections[index] = _detection(engine, images[index], prepared[index][1], maps[row], float(scores[row]),
-                                           reference_set, class_name, threshold)
+                                           reference_set, class_name, threshold, masks[index])
     return detections
 
 
 def _detection(engine: AnomalyEngine, image: Image.Image, box, small_map, score: float,
                reference_set: ReferenceSet | None, class_name: str,
-               threshold: float | None) -> Detection:
+               threshold: float | None, mask=None) -> Detection:
     from .engine import anomalous_regions, place_map
 
     estimated = threshold is None and (reference_set is None or reference_set.threshold_estimated)
@@ -80,4 +81,4 @@ def _detection(engine: AnomalyEngine, image: Image.Image, box, small_map, score:
                      regions=regions, image_size=(width, height),
                      mode="few-shot" if reference_set else "zero-shot", threshold_estimated=estimated,
                      n_references=reference_set.n_images if reference_set else 0, class_name=class_name,
-                     capture=engine.capture_of(image, reference_set))
+                     capture=engine.capture_of(image, reference_set, mask))

@@ -32,10 +32,11 @@ MIN_BACKGROUND_SHARE = 0.05
 DETAIL_FLOOR = 0.25
 
 
-def background_detail(image) -> float | None:
+def background_detail(image, mask: np.ndarray | None = None) -> float | None:
     """Fine detail of the plain background around the part, in grey levels; None when the photo has
-    no plain background (a surface) or too little of it."""
-    mask = estimate_foreground(image)
+    no plain background (a surface) or too little of it. `mask` is `estimate_foreground(image)`
+    when the caller has it already."""
+    mask = estimate_foreground(image) if mask is None else mask
     if mask.all():
         return None
     grey = cv2.cvtColor(as_rgb_array(image), cv2.COLOR_RGB2GRAY).astype(np.float32)

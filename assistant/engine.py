@@ -19,7 +19,7 @@ from PIL import Image
 from .capture import background_detail, capture_change, reference_details
 from .config import deep_merge, load_preset, resolve_path
 from .encoders import EncodedImages, create_encoder
-from .foreground import foreground_box
+from .foreground import estimate_foreground, foreground_box
 from .maps.anomaly_map import find_regions, place_map, whole_image_region
 from .maps.colour_stats import colour_quantiles
 from .maps.memory_bank import augment
@@ -76,13 +76,19 @@ class AnomalyEngine:
         return self.text.extra_size
 
     # -- features -----------------------------------------------------------------------------
-    def prepare(self, image: Image.Image) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    def foreground_mask(self, image: Image.Image) -> np.ndarray | None:
+        """The part's mask where views are cropped to it (crop 'auto'), else None: a query's
+        `prepare` and its capture check (`capture_of`) both read it, so it is made once."""
+        return estimate_foreground(image) if self.map_cfg.get("crop", "none") == "auto" else None
+
+    def prepare(self, image: Image.Image, mask: np.ndarray | None = None) -> tuple[Image.Image, tuple[int, int, int, int]]:
         """The view the encoder sees and its box in the image: with crop 'auto', an object on a plain
-        background is cropped to its bounding box so the encoder's resolution goes to the part."""
+        background is cropped to its bounding box so the encoder's resolution goes to the part.
+        `mask`: the image's `foreground_mask`, when already made."""
         full = (0, 0, *image.size)
         if self.map_cfg.get("crop", "none") != "auto":
             return image, full
-        box = foreground_box(image)
+        box = foreground_box(image, mask=mask)
         return (image.crop(box), box) if box else (image, full)
 
     @torch.no_grad()
@@ -206,11 +212,13 @@ class AnomalyEngine:
             raise EngineError(f"capture_check.tolerance must be a factor of at least 1, got {tolerance!r}")
         return float(tolerance)
 
-    def capture_of(self, image: Image.Image, reference_set: ReferenceSet | None) -> CaptureChange | None:
-        """How `image` was captured against an object's references (assistant/capture.py), or None."""
+    def capture_of(self, image: Image.Image, reference_set: ReferenceSet | None,
+                   mask: np.ndarray | None = None) -> CaptureChange | None:
+        """How `image` was captured against an object's references (assistant/capture.py), or None;
+        `mask`: the image's `foreground_mask`, when already made."""
         if reference_set is None or reference_set.capture is None or not self.capture_tolerance:
             return None
-        return capture_change(background_detail(image), reference_set.capture, self.capture_tolerance)
+        return capture_change(background_detail(image, mask), reference_set.capture, self.capture_tolerance)
 
     def encode_references(self, images: list[Image.Image], class_name: str, seed: int) -> ReferenceViews:
         """The views the scorers fit on: each image augmented as the bank asks, then prepared as a
@@ -240,7 +248,8 @@ class AnomalyEngine:
 
         if tiling.applies(self, image) or isinstance(references, TiledReferences):
             return tiling.detect(self, image, references, class_name, threshold)
-        view, box = self.prepare(image)
+        mask = self.foreground_mask(image)
+        view, box = self.prepare(image, mask)
         reference_set = self.references(references, class_name) if references else None
         encoded = self.encode([view], sources=[image] if judges_colour(reference_set) else None)
         maps, scores = self.assess(encoded, reference_set, class_name)
@@ -256,7 +265,7 @@ class AnomalyEngine:
                          regions=regions, image_size=(width, height),
                          mode="few-shot" if reference_set else "zero-shot", threshold_estimated=estimated,
                          n_references=reference_set.n_images if reference_set else 0, class_name=class_name,
-                         capture=self.capture_of(image, reference_set))
+                         capture=self.capture_of(image, reference_set, mask))
 
 
 def _row(levels: list[torch.Tensor] | None, index: int) -> list[torch.Tensor] | None:

@@ -132,9 +132,11 @@ def rotation(array: np.ndarray, degrees: float) -> tuple[np.ndarray, tuple[int, 
     return matrix, (new_width, new_height)
 
 
-def foreground_box(image: Image.Image, margin: float = 0.04) -> tuple[int, int, int, int] | None:
-    """Bounding box (x0, y0, x1, y1) of the object with a small margin, or None for textures."""
-    mask = estimate_foreground(image)
+def foreground_box(image: Image.Image, margin: float = 0.04,
+                   mask: np.ndarray | None = None) -> tuple[int, int, int, int] | None:
+    """Bounding box (x0, y0, x1, y1) of the object with a small margin, or None for textures;
+    `mask` is `estimate_foreground(image)` when the caller has it already."""
+    mask = estimate_foreground(image) if mask is None else mask
     if mask.all():
         return None
     ys, xs = np.nonzero(mask)
