@@ -16,7 +16,7 @@ from assistant.capture import background_detail, capture_change, reference_detai
 from assistant.checkpoint import save_json
 
 from . import perturb
-from .evaluate import draw_references, evaluation_splits
+from .evaluate import draw_references, every_split
 
 CHANGES = ("light", "blur", "jpeg", "noise")
 
@@ -47,13 +47,8 @@ def flag_rates(split, details: dict, shots: int, seeds: int, tolerance: float) -
 
 def run(sources: list[str], which: str, shots: list[int], seeds: int, tolerances: list[float],
         logical_proxy: bool, part_proxy: bool) -> dict:
-    splits = [split for source in sources for split in evaluation_splits(source, None, which)]
-    if logical_proxy:
-        splits += [s for source in sources for s in evaluation_splits(source, None, which, logical_proxy=True)]
-    if part_proxy:
-        splits += [s for source in sources for s in evaluation_splits(source, None, which, part_proxy=True)]
     rows = []
-    for split in splits:
+    for split in every_split(sources, which, logical_proxy, part_proxy):
         details = details_of(split)
         for k in shots:
             for tolerance in tolerances:

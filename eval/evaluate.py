@@ -288,6 +288,17 @@ def evaluation_splits(data: str, categories: list[str] | None, which: str = "all
     return [select(split, which) for split in splits]
 
 
+def every_split(sources: list[str], which: str, logical_proxy: bool, part_proxy: bool) -> list[Split]:
+    """The sets found in `sources`, then (with the flags) their logical proxies and the part proxies
+    of the surface sets, each cut to the `which` half: the sets a multi-set run measures."""
+    splits = [split for source in sources for split in evaluation_splits(source, None, which)]
+    if logical_proxy:
+        splits += [split for source in sources for split in evaluation_splits(source, None, which, logical_proxy=True)]
+    if part_proxy:
+        splits += [split for source in sources for split in evaluation_splits(source, None, which, part_proxy=True)]
+    return splits
+
+
 def machine_description() -> str:
     """'<cores>-core <CPU model>, <GPU or no GPU>': what the timings in a report depend on."""
     model = platform.processor() or platform.machine()

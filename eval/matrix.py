@@ -17,7 +17,7 @@ from assistant.checkpoint import atomic_write_bytes, save_json
 from assistant.config import load_preset
 from assistant.engine import AnomalyEngine
 
-from .evaluate import PIXEL_EVAL_SIDE, encode_tests, evaluation_splits, in_frame, machine_description, score_tests
+from .evaluate import PIXEL_EVAL_SIDE, encode_tests, every_split, in_frame, machine_description, score_tests
 from . import perturb
 from .protocol import base_category, family_of
 
@@ -40,11 +40,7 @@ def run_matrix(sources: list[str], shots: list[int], seeds: int, many_shot_seeds
         raise ValueError(f"unknown condition {', '.join(unknown)}; choose from {', '.join(CONDITIONS)}")
     config = load_preset(preset, overrides)
     engine = AnomalyEngine(config, checkpoint_dir)
-    splits = [split for source in sources for split in evaluation_splits(source, None, which)]
-    if logical_proxy:
-        splits += [split for source in sources for split in evaluation_splits(source, None, which, logical_proxy=True)]
-    if part_proxy:
-        splits += [split for source in sources for split in evaluation_splits(source, None, which, part_proxy=True)]
+    splits = every_split(sources, which, logical_proxy, part_proxy)
     report = {"config": {"sources": sources, "shots": shots, "seeds": seeds, "many_shot_seeds": many_shot_seeds,
                          "conditions": {c: CONDITIONS[c] for c in conditions}, "split": which,
                          "preset": config.get("name", preset), "text_map_trained": engine.text_map.trained,
