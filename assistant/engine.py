@@ -234,7 +234,28 @@ class AnomalyEngine:
         per_view = self.encode_each([self.prepare(view)[0] for view in augment(images, names)], text_views=queries,
                                     sources=originals)
         folds = held_out_folds(len(images), n_views, int(self.threshold_cfg.get("held_out_folds", 5)))
-        return ReferenceViews(per_view, len(images), n_views, relative, class_name, seed, folds, queries)
+        turned = [] if relative else self._turned_views(images, names, per_view)
+        return ReferenceViews(per_view, len(images), n_views, relative, class_name, seed, folds, queries, turned)
+
+    def _turned_views(self, images: list[Image.Image], names: list[str],
+                      per_view: list[EncodedImages]) -> list[list[EncodedImages]]:
+        """Surface references turned by `anomaly_map.texture.turns`, for texture statistics: the
+        feature statistics of an anisotropic finish turn with the part, so statistics of the photos
+        as taken call a turned normal surface anomalous (docs/method.md, "Turned surfaces"). The
+        first `turn_budget` // turns images get them (encoding is most of a bank's build time, and
+        a few images show the turned finish as well as all), reusing the bank's views of the same name."""
+        cfg = self.map_cfg.get("texture") or {}
+        turns = list(cfg.get("turns") or [])
+        if not turns:
+            return []
+        turned_images = min(len(images), max(1, int(cfg.get("turn_budget", 48)) // len(turns)))
+        missing = [name for name in turns if name not in names]
+        fresh = iter(self.encode_each([self.prepare(view)[0] for view in augment(images[:turned_images], missing)],
+                                      text_views=set()) if missing else [])
+        encoded = [{name: next(fresh) for name in missing} for _ in range(turned_images)]
+        return [[per_view[image * len(names) + names.index(name)] if name in names else encoded[image][name]
+                 for name in turns] if image < turned_images else []
+                for image in range(len(images))]
 
     def zero_shot_threshold(self) -> float:
         return float(self.threshold_cfg.get("zero_shot", 0.5))

@@ -104,7 +104,11 @@ VARIANTS = {
                                 "no score border",
     "textile_1shot_multiscale_text": "no score border",
     "textile_1shot_no_texture_term": "no one-reference texture term, no texture map, 448 px text map, no score border",
+    "textile_1shot_dev_turned": "the shipped engine; dev half turned by right angles and moved (`--perturb rotate,shift`)",
+    "textile_1shot_dev_turned_stats_as_taken": "texture statistics of the photos as taken (`texture.turns` empty); "
+                                               "dev half turned by right angles and moved",
     "textile_2shot_fused": "448 px text map, no texture map, no score border",
+    "textile_4shot_dev_turned": "the shipped engine; dev half turned by right angles and moved (`--perturb rotate,shift`)",
     "textile_4shot_fused": "448 px text map, no texture map, no score border",
     "textile_validation_1shot_fused": "held-out textile split; 448 px text map, no texture map, no score border",
     "textile_validation_1shot_no_texture_term": "held-out textile split; no one-reference texture term, "

@@ -21,7 +21,7 @@ from assistant.maps.anomaly_map import find_regions, interior_peaks, position_wo
 from assistant.maps.memory_bank import (MemoryBank, greedy_coreset, nearest_similarity, patches, random_subset,
                                         self_distance, similarity_dtype)
 from assistant.reference_set import ReferenceSet
-from assistant.scorers import TextureScorer, held_out_folds
+from assistant.scorers import GlobalStatsScorer, TextureScorer, held_out_folds
 
 
 def open_rgb(path) -> Image.Image:
@@ -288,6 +288,43 @@ def test_one_reference_texture_term_lifts_global_weave_changes(engine):
         texture_map_peaks.append(roc_auc_score(labels, [float(engine.bank.peaks(m)[0]) for m in surface_maps]))
     assert np.mean(peak_only) < 0.6 < 0.75 < np.mean(with_term)
     assert np.mean(texture_map_peaks) > np.mean(peak_only) + 0.05
+
+
+def test_texture_statistics_know_the_surface_turned_by_right_angles(engine):
+    """An anisotropic weave turned by 90 degrees moves every channel statistic although nothing is
+    wrong; statistics fitted on the reference's turned views as well leave a turned normal textile
+    where the upright one is, while statistics of the photo as taken put it far above the threshold.
+    The unit stays the reference's own tile spread, as photographed."""
+    data = pytest.importorskip("conformal_clip_data")
+    nominal = [open_rgb(p) for p in sorted(data.nominal_dir().glob("*.jpg"))]
+    reference, queries = [nominal[-1]], nominal[:5]
+    as_taken = AnomalyEngine(load_preset("embedded", {"anomaly_map": {"texture": {"turns": []}}}),
+                             checkpoint_dir="/nonexistent-untrained")
+    turned_set, plain_set = engine.references(reference, "textile"), as_taken.references(reference, "textile")
+    assert turned_set.global_unit == pytest.approx(plain_set.global_unit)
+    assert len(turned_set.stats.references[0][0]) == 4 * len(plain_set.stats.references[0][0])  # 4 turns x tiles
+
+    def texture_terms(chosen: AnomalyEngine, references, images) -> np.ndarray:
+        encoded = chosen.encode_each([chosen.prepare(image)[0] for image in images])
+        scorer = next(one for one in chosen.scorers if isinstance(one, GlobalStatsScorer))
+        return np.array([float(scorer.assess(one, references, None)[1][0]) for one in encoded])
+
+    turned = [image.transpose(Image.Transpose.ROTATE_90) for image in queries]
+    upright = texture_terms(engine, turned_set, queries)
+    assert texture_terms(engine, turned_set, turned).mean() < upright.mean() + 0.1
+    assert texture_terms(as_taken, plain_set, turned).mean() > upright.mean() + 0.4
+
+
+def test_only_the_first_references_within_the_turn_budget_are_turned(textile_images):
+    """Turned views cost an encoding each; `turn_budget` bounds them over all references, and a turn
+    the bank already holds (rot180) is its view, not a second encoding."""
+    budget = AnomalyEngine(load_preset("embedded", {"anomaly_map": {"texture": {"turn_budget": 6}}}),
+                           checkpoint_dir="/nonexistent-untrained")
+    views = budget.encode_references(textile_images[:3], "textile", 0)
+    assert [len(turned) for turned in views.turned] == [3, 3, 0]
+    bank_rot180 = views.per_view[budget.bank.cfg["augmentations"].index("rot180")]
+    assert views.turned[0][1] is bank_rot180
+    assert len(views.texture_views()) == 3 + 6 and len(views.texture_views([2])) == 1
 
 
 def test_a_texture_only_anomaly_points_at_the_whole_surface(engine):

@@ -2,7 +2,7 @@
 calibrates on, and the terms it adds to an assessment."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -32,11 +32,19 @@ class ReferenceViews:
     seed: int
     folds: list[set[int]]  # view indices held out together
     queries: set[int]  # the held-out views scored as normal parts
-
+    # Surfaces: the turned views of each image that texture statistics also fit on (`texture.turns`);
+    # an image beyond the turn budget, an object, or a preset without turns has none.
+    turned: list[list[EncodedImages]] = field(default_factory=list)
     @property
     def originals(self) -> list[EncodedImages]:
         """Each image's unaugmented view."""
         return self.per_view[::self.n_views]
+
+    def texture_views(self, images: list[int] | range | None = None) -> list[EncodedImages]:
+        """The unaugmented and turned views of `images` (default: all): what texture statistics fit on."""
+        images = range(self.n_images) if images is None else images
+        return [view for image in images
+                for view in [self.originals[image], *(self.turned[image] if self.turned else [])]]
 
     def image_of(self, index: int) -> int:
         return index // self.n_views

@@ -5,7 +5,10 @@ Added, not a max, so a surface whose tone varies between normal parts more than 
 still ranks by its map (docs/method.md, "Texture statistics": 4 references, magnetic tile 67.0 ->
 71.7, textile local 82.9 -> 92.0, global 100 -> 99.8). On a cropped object the statistics move with
 pose and framing (tire 85.5 -> 66.3 image AUROC with them; docs/method.md, "Objects and surfaces"),
-so objects get none. Settings: `anomaly_map.global_levels` and `anomaly_map.texture`."""
+so objects get none. A surface's statistics are also fitted on its references turned by right
+angles (`texture.turns`): an anisotropic finish's statistics turn with it (docs/method.md, "Turned
+surfaces": turned textile, 1 reference, 63.1 -> 96.1). Settings: `anomaly_map.global_levels` and
+`anomaly_map.texture`."""
 from __future__ import annotations
 
 import numpy as np
@@ -31,21 +34,22 @@ class GlobalStatsScorer:
         if not self.global_levels or views.relative:
             return {"stats": None}
         if views.n_images == 1:
-            return self._fit_one_reference(views.per_view[0])
+            return self._fit_one_reference(views)
         shifts = self._held_out_shifts(views)
-        return {"stats": GlobalStats(self.global_levels).fit([view.levels for view in views.originals]),
+        return {"stats": GlobalStats(self.global_levels).fit([view.levels for view in views.texture_views()]),
                 "global_unit": float(shifts.max())}
 
     def _held_out_shifts(self, views: ReferenceViews) -> np.ndarray:
         shifts = []
         for fold in views.folds:
-            kept = views.without(fold)
-            stats = GlobalStats(self.global_levels).fit([views.per_view[index].levels for index in kept[::views.n_views]])
+            kept = sorted({views.image_of(index) for index in views.without(fold)})
+            stats = GlobalStats(self.global_levels).fit([view.levels for view in views.texture_views(kept)])
             shifts += [float(stats.distance(views.per_view[index].levels)[0]) for index in views.held_out_queries(fold)]
         return np.asarray(shifts)
 
-    def _fit_one_reference(self, reference: EncodedImages) -> dict:
-        """Tile statistics for one surface reference, in units of its own tile-to-tile spread.
+    def _fit_one_reference(self, views: ReferenceViews) -> dict:
+        """Tile statistics for one surface reference (and its turned views), in units of its own
+        tile-to-tile spread as photographed.
 
         Nothing shows how far texture moves between normal parts (flipped views move it more than
         two normal textiles differ and less than two normal magnetic tiles), so the normal level
@@ -53,8 +57,12 @@ class GlobalStatsScorer:
         cfg = self.cfg.get("one_reference")
         if not cfg:
             return {"stats": None}
-        stats = GlobalStats(self.global_levels, int(cfg.get("grid", 2)), int(cfg.get("border", 1))).fit([reference.levels])
-        return {"stats": stats, "global_unit": max(stats.tile_spread(), 1e-6),  # a blank reference has no spread
+
+        def tiles(fitted: list[EncodedImages]) -> GlobalStats:
+            return GlobalStats(self.global_levels, int(cfg.get("grid", 2)), int(cfg.get("border", 1))).fit(
+                [view.levels for view in fitted])
+        unit = max(tiles(views.originals).tile_spread(), 1e-6)  # a blank reference has no spread
+        return {"stats": tiles(views.texture_views()), "global_unit": unit,
                 "texture_normal": float(cfg.get("normal_level", 0.5))}
 
     def assess(self, encoded: EncodedImages, references: ReferenceSet, text_scale: torch.Tensor | None) -> Terms:
