@@ -87,6 +87,11 @@ VARIANTS = {
     "magnetic_tile_1shot_fused": "448 px text map, no texture map, no score border",
     "magnetic_tile_1shot_fused_bf16": "bfloat16 similarities; no one-reference texture term, no texture map, "
                                       "448 px text map, no score border",
+    "magnetic_tile_4shot_holdout_cap": "texture-statistics term capped at 0.5 (`texture.cap`); holdout half",
+    "magnetic_tile_4shot_holdout_capture_cap": "texture-statistics term capped at 0.5 (`texture.cap`); holdout half "
+                                               "with light, blur, JPEG and noise",
+    "magnetic_tile_4shot_holdout_turned_cap": "texture-statistics term capped at 0.5 (`texture.cap`); holdout half "
+                                              "turned and moved",
     "magnetic_tile_1shot_multiscale_text": "unscaled texture map, no score border",
     "magnetic_tile_1shot_texture_map": "448 px text map, unscaled texture map, no score border",
     "magnetic_tile_1shot_texture_scaled": "no score border",

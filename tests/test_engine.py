@@ -315,6 +315,29 @@ def test_texture_statistics_know_the_surface_turned_by_right_angles(engine):
     assert texture_terms(as_taken, plain_set, turned).mean() > upright.mean() + 0.4
 
 
+def test_a_texture_cap_bounds_what_a_capture_change_adds(textile_images):
+    """A blurred photo moves every texture statistic; `texture.cap` bounds the term it adds (in
+    threshold units) so the map still ranks such photos, and leaves a small term as it was."""
+    from PIL import ImageFilter
+
+    def engine_with(texture: dict) -> AnomalyEngine:
+        return AnomalyEngine(load_preset("embedded", {"anomaly_map": {"texture": texture}}),
+                             checkpoint_dir="/nonexistent-untrained")
+
+    unbounded, capped = engine_with({}), engine_with({"cap": 0.5})
+    references = unbounded.references(textile_images[:2], "textile")
+    blurred = textile_images[3].filter(ImageFilter.GaussianBlur(3))
+    encoded = unbounded.encode_each([unbounded.prepare(image)[0] for image in (textile_images[2], blurred)])
+
+    def terms(chosen: AnomalyEngine) -> list[float]:
+        scorer = next(one for one in chosen.scorers if isinstance(one, GlobalStatsScorer))
+        return [float(scorer.assess(one, references, None)[1][0]) for one in encoded]
+
+    (plain, moved), (plain_capped, moved_capped) = terms(unbounded), terms(capped)
+    assert moved > 1.0 and moved_capped == pytest.approx(0.5)
+    assert plain < 0.5 and plain_capped == pytest.approx(plain)
+
+
 def test_only_the_first_references_within_the_turn_budget_are_turned(textile_images):
     """Turned views cost an encoding each; `turn_budget` bounds them over all references, and a turn
     the bank already holds (rot180) is its view, not a second encoding."""

@@ -66,8 +66,16 @@ class GlobalStatsScorer:
                 "texture_normal": float(cfg.get("normal_level", 0.5))}
 
     def assess(self, encoded: EncodedImages, references: ReferenceSet, text_scale: torch.Tensor | None) -> Terms:
-        """`texture.weight` x the shift above its normal level, in units the held-out images set."""
+        """`texture.weight` x the shift above its normal level, in units the held-out images set, at
+        most `texture.cap` threshold units where the preset sets one (off in the embedded preset).
+
+        A capture change (blur, noise, a turn that enlarges the crop) moves every image's statistics,
+        and an unbounded term then ranks images by how far the capture moved them rather than by
+        their maps (docs/method.md, "Turned surfaces": magnetic tile, 4 references, dev, turned
+        52.9 -> 63.7 and capture changes 66.3 -> 73.8 with cap 0.5; textile unchanged)."""
         if references.stats is None:
             return None, None
         shifts = references.stats.distance(encoded.levels).numpy() / references.global_unit
-        return None, self.weight * np.maximum(shifts - references.texture_normal, 0.0)
+        term = self.weight * np.maximum(shifts - references.texture_normal, 0.0)
+        cap = self.cfg.get("cap")
+        return None, term if cap is None else np.minimum(term, float(cap))
