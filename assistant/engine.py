@@ -252,10 +252,12 @@ class AnomalyEngine:
         missing = [name for name in turns if name not in names]
         fresh = iter(self.encode_each([self.prepare(view)[0] for view in augment(images[:turned_images], missing)],
                                       text_views=set()) if missing else [])
-        encoded = [{name: next(fresh) for name in missing} for _ in range(turned_images)]
-        return [[per_view[image * len(names) + names.index(name)] if name in names else encoded[image][name]
-                 for name in turns] if image < turned_images else []
-                for image in range(len(images))]
+        turned = []
+        for image in range(turned_images):  # `augment` is image-major, so `fresh` is too
+            own = {name: next(fresh) for name in missing}
+            turned.append([own[name] if name in own else per_view[image * len(names) + names.index(name)]
+                           for name in turns])
+        return turned + [[] for _ in images[turned_images:]]
 
     def zero_shot_threshold(self) -> float:
         return float(self.threshold_cfg.get("zero_shot", 0.5))

@@ -290,6 +290,12 @@ def test_one_reference_texture_term_lifts_global_weave_changes(engine):
     assert np.mean(texture_map_peaks) > np.mean(peak_only) + 0.05
 
 
+def texture_statistics_terms(chosen: AnomalyEngine, references: ReferenceSet, encoded) -> list[float]:
+    """What the texture-statistics scorer of `chosen` adds to each encoded image's score."""
+    scorer = next(one for one in chosen.scorers if isinstance(one, GlobalStatsScorer))
+    return [float(scorer.assess(one, references, None)[1][0]) for one in encoded]
+
+
 def test_texture_statistics_know_the_surface_turned_by_right_angles(engine):
     """An anisotropic weave turned by 90 degrees moves every channel statistic although nothing is
     wrong; statistics fitted on the reference's turned views as well leave a turned normal textile
@@ -305,9 +311,8 @@ def test_texture_statistics_know_the_surface_turned_by_right_angles(engine):
     assert len(turned_set.stats.references[0][0]) == 4 * len(plain_set.stats.references[0][0])  # 4 turns x tiles
 
     def texture_terms(chosen: AnomalyEngine, references, images) -> np.ndarray:
-        encoded = chosen.encode_each([chosen.prepare(image)[0] for image in images])
-        scorer = next(one for one in chosen.scorers if isinstance(one, GlobalStatsScorer))
-        return np.array([float(scorer.assess(one, references, None)[1][0]) for one in encoded])
+        return np.array(texture_statistics_terms(chosen, references, chosen.encode_each(
+            [chosen.prepare(image)[0] for image in images])))
 
     turned = [image.transpose(Image.Transpose.ROTATE_90) for image in queries]
     upright = texture_terms(engine, turned_set, queries)
@@ -329,11 +334,8 @@ def test_a_texture_cap_bounds_what_a_capture_change_adds(textile_images):
     blurred = textile_images[3].filter(ImageFilter.GaussianBlur(3))
     encoded = unbounded.encode_each([unbounded.prepare(image)[0] for image in (textile_images[2], blurred)])
 
-    def terms(chosen: AnomalyEngine) -> list[float]:
-        scorer = next(one for one in chosen.scorers if isinstance(one, GlobalStatsScorer))
-        return [float(scorer.assess(one, references, None)[1][0]) for one in encoded]
-
-    (plain, moved), (plain_capped, moved_capped) = terms(unbounded), terms(capped)
+    plain, moved = texture_statistics_terms(unbounded, references, encoded)
+    plain_capped, moved_capped = texture_statistics_terms(capped, references, encoded)
     assert moved > 1.0 and moved_capped == pytest.approx(0.5)
     assert plain < 0.5 and plain_capped == pytest.approx(plain)
 

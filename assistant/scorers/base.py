@@ -35,6 +35,7 @@ class ReferenceViews:
     # Surfaces: the turned views of each image that texture statistics also fit on (`texture.turns`);
     # an image beyond the turn budget, an object, or a preset without turns has none.
     turned: list[list[EncodedImages]] = field(default_factory=list)
+
     @property
     def originals(self) -> list[EncodedImages]:
         """Each image's unaugmented view."""
