@@ -304,7 +304,7 @@ def test_texture_statistics_know_the_surface_turned_by_right_angles(engine):
     data = pytest.importorskip("conformal_clip_data")
     nominal = [open_rgb(p) for p in sorted(data.nominal_dir().glob("*.jpg"))]
     reference, queries = [nominal[-1]], nominal[:5]
-    as_taken = AnomalyEngine(load_preset("embedded", {"anomaly_map": {"texture": {"turns": []}}}),
+    as_taken = AnomalyEngine(load_preset("embedded", {"anomaly_map": {"texture": {"turns": [], "cap": None}}}),
                              checkpoint_dir="/nonexistent-untrained")
     turned_set, plain_set = engine.references(reference, "textile"), as_taken.references(reference, "textile")
     assert turned_set.global_unit == pytest.approx(plain_set.global_unit)
@@ -329,7 +329,7 @@ def test_a_texture_cap_bounds_what_a_capture_change_adds(textile_images):
         return AnomalyEngine(load_preset("embedded", {"anomaly_map": {"texture": texture}}),
                              checkpoint_dir="/nonexistent-untrained")
 
-    unbounded, capped = engine_with({}), engine_with({"cap": 0.5})
+    unbounded, capped = engine_with({"cap": None}), engine_with({"cap": 0.5})
     references = unbounded.references(textile_images[:2], "textile")
     blurred = textile_images[3].filter(ImageFilter.GaussianBlur(3))
     encoded = unbounded.encode_each([unbounded.prepare(image)[0] for image in (textile_images[2], blurred)])
@@ -350,6 +350,34 @@ def test_only_the_first_references_within_the_turn_budget_are_turned(textile_ima
     bank_rot180 = views.per_view[budget.bank.cfg["augmentations"].index("rot180")]
     assert views.turned[0][1] is bank_rot180
     assert len(views.texture_views()) == 3 + 6 and len(views.texture_views([2])) == 1
+
+
+def test_a_surface_bank_cut_to_one_view_per_image_pools_the_turned_views(textile_images):
+    """Where the view budget leaves one view per reference, a weave turned by 90 degrees meets no
+    upright patch like it; the turned views the texture statistics fit on join the bank (encoded
+    once, for both) and a turned normal textile's patches find near matches again. With every
+    augmentation pooled the bank is what it was."""
+    def engine_with(turned_views: bool, view_budget: int) -> AnomalyEngine:
+        return AnomalyEngine(load_preset("embedded", {"memory_bank": {"turned_views": turned_views,
+                                                                      "view_budget": view_budget}}),
+                             checkpoint_dir="/nonexistent-untrained")
+
+    references = textile_images[:2]
+    with_turns, without_turns = engine_with(True, 2), engine_with(False, 2)
+    pooled_sets = [engine.references(references, "textile") for engine in (with_turns, without_turns)]
+    assert pooled_sets[0].bank.banks[0].shape[0] == 4 * pooled_sets[1].bank.banks[0].shape[0]  # 1 + 3 turns
+
+    def mean_distance(engine: AnomalyEngine, reference_set: ReferenceSet, image: Image.Image) -> float:
+        return float(engine.bank.distance_maps(engine.encode([engine.prepare(image)[0]]), reference_set.bank).mean())
+
+    query = textile_images[3]
+    turned = query.transpose(Image.Transpose.ROTATE_90)
+    upright = mean_distance(without_turns, pooled_sets[1], query)
+    assert mean_distance(without_turns, pooled_sets[1], turned) > upright + 0.005
+    assert mean_distance(with_turns, pooled_sets[0], turned) < upright
+
+    full = [engine_with(flag, 64).references(references, "textile").bank.banks[0].shape[0] for flag in (True, False)]
+    assert full[0] == full[1]
 
 
 def test_a_texture_only_anomaly_points_at_the_whole_surface(engine):

@@ -112,8 +112,25 @@ class BankScorer:
 
     def _fit_bank(self, views: ReferenceViews, indices, cover: str) -> MemoryBank:
         names = self.reference_views(views.n_images, views.relative)
-        return self.new_bank(views.seed, names, cover, views.n_images).fit_features(
-            [views.per_view[index].levels for index in indices], [views.image_of(index) for index in indices])
+        features = [views.per_view[index].levels for index in indices]
+        owners = [views.image_of(index) for index in indices]
+        if self.holds_turned_views(views):
+            for image, view in views.fresh_turned_views(sorted(set(owners))):
+                features.append(view.levels)
+                owners.append(image)
+        return self.new_bank(views.seed, names, cover, views.n_images).fit_features(features, owners)
+
+    def holds_turned_views(self, views: ReferenceViews) -> bool:
+        """`memory_bank.turned_views`: whether a surface's bank also pools the turned views its
+        texture statistics fit on (`anomaly_map.texture.turns`), which costs no encoding.
+
+        Only where the view budget dropped some of the bank's own augmentations: at 64 references it
+        leaves one view per image, and turned textile falls to 90.1 against 99.2 upright (95.6 with
+        the four augmentations pooled for each); the turned views take it to 98.1 (dev half;
+        docs/method.md, "Turned surfaces"). With every augmentation pooled (up to 16 references)
+        they added nothing at 1 and 4 references and cost a sixth more query time."""
+        pooled = len(self.cfg.get("augmentations") or ["identity"])
+        return bool(self.cfg.get("turned_views")) and bool(views.turned) and views.n_views < pooled
 
     def _held_out_maps(self, views: ReferenceViews) -> list[np.ndarray]:
         """Raw maps of normal views scored against banks that did not contain them: with several

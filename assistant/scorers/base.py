@@ -47,6 +47,13 @@ class ReferenceViews:
         return [view for image in images
                 for view in [self.originals[image], *(self.turned[image] if self.turned else [])]]
 
+    def fresh_turned_views(self, images: list[int]) -> list[tuple[int, EncodedImages]]:
+        """(image, view) for the turned views of `images` that are not among the bank's own views
+        (a turn the bank also makes, rot180, is that view, not a copy)."""
+        own = {id(view) for view in self.per_view}
+        return [(image, view) for image in images for view in (self.turned[image] if self.turned else [])
+                if id(view) not in own]
+
     def image_of(self, index: int) -> int:
         return index // self.n_views
 

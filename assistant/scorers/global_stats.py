@@ -67,7 +67,7 @@ class GlobalStatsScorer:
 
     def assess(self, encoded: EncodedImages, references: ReferenceSet, text_scale: torch.Tensor | None) -> Terms:
         """`texture.weight` x the shift above its normal level, in units the held-out images set, at
-        most `texture.cap` threshold units where the preset sets one (off in the embedded preset).
+        most `texture.cap` threshold units where the preset sets one (embedded: 0.5).
 
         A capture change (blur, noise, a turn that enlarges the crop) moves every image's statistics,
         and an unbounded term then ranks images by how far the capture moved them rather than by
