@@ -364,11 +364,11 @@ def test_a_surface_bank_cut_to_one_view_per_image_pools_the_turned_views(textile
 
     references = textile_images[:2]
     with_turns, without_turns = engine_with(True, 2), engine_with(False, 2)
-    pooled_sets = [engine.references(references, "textile") for engine in (with_turns, without_turns)]
+    pooled_sets = [chosen.references(references, "textile") for chosen in (with_turns, without_turns)]
     assert pooled_sets[0].bank.banks[0].shape[0] == 4 * pooled_sets[1].bank.banks[0].shape[0]  # 1 + 3 turns
 
-    def mean_distance(engine: AnomalyEngine, reference_set: ReferenceSet, image: Image.Image) -> float:
-        return float(engine.bank.distance_maps(engine.encode([engine.prepare(image)[0]]), reference_set.bank).mean())
+    def mean_distance(chosen: AnomalyEngine, reference_set: ReferenceSet, image: Image.Image) -> float:
+        return float(chosen.bank.distance_maps(chosen.encode([chosen.prepare(image)[0]]), reference_set.bank).mean())
 
     query = textile_images[3]
     turned = query.transpose(Image.Transpose.ROTATE_90)
