@@ -36,9 +36,14 @@ def textile_images() -> list[Image.Image]:
     return [open_rgb(p) for p in paths]
 
 
+def untrained_engine(overrides: dict | None = None) -> AnomalyEngine:
+    """The embedded preset with `overrides` merged in, without the shipped text-map checkpoint."""
+    return AnomalyEngine(load_preset("embedded", overrides), checkpoint_dir="/nonexistent-untrained")
+
+
 @pytest.fixture(scope="module")
 def engine():
-    return AnomalyEngine("embedded", checkpoint_dir="/nonexistent-untrained")
+    return untrained_engine()
 
 
 def with_blot(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
@@ -220,8 +225,8 @@ def test_a_turned_tire_is_matched_against_turned_views_of_its_reference(tire_dir
 
     reference = open_rgb(sorted((tire_dir / "train" / "good").iterdir())[0])
     query = Image.fromarray(rotate_image(np.asarray(open_rgb(sorted((tire_dir / "test" / "good").iterdir())[1])), 100))
-    turned = AnomalyEngine("embedded", checkpoint_dir="/nonexistent-untrained")
-    flat = AnomalyEngine(load_preset("embedded", {"memory_bank": {"pose": None}}), checkpoint_dir="/nonexistent-untrained")
+    turned = untrained_engine()
+    flat = untrained_engine({"memory_bank": {"pose": None}})
     ratios = {}
     for name, candidate in (("turned", turned), ("flat", flat)):
         detection = candidate.detect(query, [reference], "tire")
@@ -230,7 +235,7 @@ def test_a_turned_tire_is_matched_against_turned_views_of_its_reference(tire_dir
 
 
 def test_many_references_are_held_out_in_folds(textile_images):
-    engine = AnomalyEngine("embedded", checkpoint_dir="/nonexistent-untrained")
+    engine = untrained_engine()
     folds = held_out_folds(n_images=7, n_views=4, max_folds=engine.threshold_cfg["held_out_folds"])
     assert len(folds) == 5  # the preset's cap, not one bank per reference
     assert sorted(v for fold in folds for v in fold) == list(range(28))
@@ -304,8 +309,7 @@ def test_texture_statistics_know_the_surface_turned_by_right_angles(engine):
     data = pytest.importorskip("conformal_clip_data")
     nominal = [open_rgb(p) for p in sorted(data.nominal_dir().glob("*.jpg"))]
     reference, queries = [nominal[-1]], nominal[:5]
-    as_taken = AnomalyEngine(load_preset("embedded", {"anomaly_map": {"texture": {"turns": [], "cap": None}}}),
-                             checkpoint_dir="/nonexistent-untrained")
+    as_taken = untrained_engine({"anomaly_map": {"texture": {"turns": [], "cap": None}}})
     turned_set, plain_set = engine.references(reference, "textile"), as_taken.references(reference, "textile")
     assert turned_set.global_unit == pytest.approx(plain_set.global_unit)
     assert len(turned_set.stats.references[0][0]) == 4 * len(plain_set.stats.references[0][0])  # 4 turns x tiles
@@ -325,11 +329,8 @@ def test_a_texture_cap_bounds_what_a_capture_change_adds(textile_images):
     threshold units) so the map still ranks such photos, and leaves a small term as it was."""
     from PIL import ImageFilter
 
-    def engine_with(texture: dict) -> AnomalyEngine:
-        return AnomalyEngine(load_preset("embedded", {"anomaly_map": {"texture": texture}}),
-                             checkpoint_dir="/nonexistent-untrained")
-
-    unbounded, capped = engine_with({"cap": None}), engine_with({"cap": 0.5})
+    unbounded = untrained_engine({"anomaly_map": {"texture": {"cap": None}}})
+    capped = untrained_engine({"anomaly_map": {"texture": {"cap": 0.5}}})
     references = unbounded.references(textile_images[:2], "textile")
     blurred = textile_images[3].filter(ImageFilter.GaussianBlur(3))
     encoded = unbounded.encode_each([unbounded.prepare(image)[0] for image in (textile_images[2], blurred)])
@@ -343,8 +344,7 @@ def test_a_texture_cap_bounds_what_a_capture_change_adds(textile_images):
 def test_only_the_first_references_within_the_turn_budget_are_turned(textile_images):
     """Turned views cost an encoding each; `turn_budget` bounds them over all references, and a turn
     the bank already holds (rot180) is its view, not a second encoding."""
-    budget = AnomalyEngine(load_preset("embedded", {"anomaly_map": {"texture": {"turn_budget": 6}}}),
-                           checkpoint_dir="/nonexistent-untrained")
+    budget = untrained_engine({"anomaly_map": {"texture": {"turn_budget": 6}}})
     views = budget.encode_references(textile_images[:3], "textile", 0)
     assert [len(turned) for turned in views.turned] == [3, 3, 0]
     bank_rot180 = views.per_view[budget.bank.cfg["augmentations"].index("rot180")]
@@ -358,9 +358,7 @@ def test_a_surface_bank_cut_to_one_view_per_image_pools_the_turned_views(textile
     once, for both) and a turned normal textile's patches find near matches again. With every
     augmentation pooled the bank is what it was."""
     def engine_with(turned_views: bool, view_budget: int) -> AnomalyEngine:
-        return AnomalyEngine(load_preset("embedded", {"memory_bank": {"turned_views": turned_views,
-                                                                      "view_budget": view_budget}}),
-                             checkpoint_dir="/nonexistent-untrained")
+        return untrained_engine({"memory_bank": {"turned_views": turned_views, "view_budget": view_budget}})
 
     references = textile_images[:2]
     with_turns, without_turns = engine_with(True, 2), engine_with(False, 2)
@@ -431,8 +429,7 @@ def test_zero_shot_leaves_a_blank_part_alone(engine):
 
 
 def test_zero_shot_without_a_self_map_needs_a_trained_text_map(textile_images):
-    preset = load_preset("embedded", {"anomaly_map": {"zero_shot_self_radius": 0}})
-    engine = AnomalyEngine(preset, checkpoint_dir="/nonexistent-untrained")
+    engine = untrained_engine({"anomaly_map": {"zero_shot_self_radius": 0}})
     with pytest.raises(EngineError, match="reference"):
         engine.detect(textile_images[0])
 

@@ -39,6 +39,11 @@ class BankScorer:
         self.levels = set(self.cfg["levels"])
 
     # -- fitting ------------------------------------------------------------------------------
+    @property
+    def augmentations(self) -> list[str]:
+        """`memory_bank.augmentations`: the views made of each reference where nothing cuts them."""
+        return list(self.cfg.get("augmentations") or ["identity"])
+
     def reference_views(self, n_images: int, relative: bool) -> tuple[list[str], int]:
         """(view names made of each reference image, pose views per image; 0 = one pooled bank).
 
@@ -54,7 +59,7 @@ class BankScorer:
         normal parts that few references cannot show, and many references show it themselves
         (docs/method.md, "Many references")."""
         cfg = self.cfg
-        pooled = list(cfg.get("augmentations") or ["identity"])
+        pooled = self.augmentations
         if cfg.get("view_budget"):
             pooled = pooled[:max(1, int(cfg["view_budget"]) // n_images)]
         pose = cfg.get("pose")
@@ -71,7 +76,7 @@ class BankScorer:
                  n_images: int = 1) -> MemoryBank:
         cfg = self.cfg
         cover = cover or cfg.get("cover", "greedy")
-        names, pose_views = views or (list(cfg.get("augmentations") or ["identity"]), 0)
+        names, pose_views = views or (self.augmentations, 0)
         return MemoryBank(cfg["levels"], cfg.get("pool", 1), names, cfg.get("max_patches", 50_000),
                           seed, self.self_radius(n_images), cfg.get("precision", "auto"), cover, pose_views,
                           self.nearest_views(n_images, pose_views))
@@ -129,8 +134,7 @@ class BankScorer:
         the four augmentations pooled for each); the turned views take it to 98.1 (dev half;
         docs/method.md, "Turned surfaces"). With every augmentation pooled (up to 16 references)
         they added nothing at 1 and 4 references and cost a sixth more query time."""
-        pooled = len(self.cfg.get("augmentations") or ["identity"])
-        return bool(self.cfg.get("turned_views")) and bool(views.turned) and views.n_views < pooled
+        return bool(self.cfg.get("turned_views")) and bool(views.turned) and views.n_views < len(self.augmentations)
 
     def _held_out_maps(self, views: ReferenceViews) -> list[np.ndarray]:
         """Raw maps of normal views scored against banks that did not contain them: with several
