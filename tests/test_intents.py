@@ -36,3 +36,27 @@ def classifier() -> IntentClassifier:
 @pytest.mark.parametrize("intent,question", [(i, q) for i, qs in QUESTIONS.items() for q in qs])
 def test_questions_reach_the_right_answer(classifier, intent, question):
     assert classifier.classify(question)[0] == intent
+
+
+def test_the_intent_regression_fits_what_scikit_learn_fits(classifier):
+    """`LinearIntents` is scikit-learn's L2 multinomial logistic regression written on torch; on the
+    examples it must give the same intents, and nearly the same probabilities, on questions it was
+    not fitted on."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from assistant.prompts import load
+
+    labels, embeddings = classifier._examples
+    strength = float(load("intents")["linear_c"])
+    reference = LogisticRegression(C=strength, max_iter=5000).fit(embeddings.numpy(), labels)
+    bank = json.loads((Path(__file__).parent / "data" / "inspector_questions.json").read_text(encoding="utf-8"))
+    questions = classifier._embed([entry["question"] for entry in bank["questions"]])
+    ours = np.stack([classifier._linear.probabilities(q) for q in questions])
+    theirs = reference.predict_proba(questions.numpy())
+    assert list(reference.classes_) == classifier._linear.classes
+    assert (ours.argmax(axis=1) == theirs.argmax(axis=1)).mean() >= 0.99
+    assert np.abs(ours - theirs).max() < 0.03
