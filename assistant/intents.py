@@ -49,7 +49,9 @@ class IntentClassifier:
         return self.model.encode(sentences, convert_to_tensor=True, normalize_embeddings=True,
                                  show_progress_bar=False).float().cpu()
 
-    def _likeliest(self, probabilities: np.ndarray, exclude: tuple[str, ...]) -> str:
+    def _likeliest(self, query: torch.Tensor, exclude: tuple[str, ...]) -> str:
+        """The intent the linear classifier finds likeliest for the embedded `query`, other than `exclude`."""
+        probabilities = self._linear.probabilities(query)
         allowed = [i for i, intent in enumerate(self._linear.classes) if intent not in exclude]
         return self._linear.classes[max(allowed, key=lambda i: probabilities[i])]
 
@@ -66,16 +68,15 @@ class IntentClassifier:
         labels, examples = self._examples
         query = self._embed([text])[0]
         similarity = examples @ query
-        probabilities = self._linear.probabilities(query)
         best = int(similarity.argmax())
         score = float(similarity[best])
         if score >= float(data["min_similarity"]) and labels[best] != "off_topic":
-            return self._likeliest(probabilities, exclude=("off_topic",)), score
+            return self._likeliest(query, exclude=("off_topic",)), score
         if not speaks_of_inspection(text):
             return "off_topic", score
         inspection = max(float(similarity[i]) for i, label in enumerate(labels) if label not in CHAT_INTENTS)
         if inspection >= float(data["inspection_min_similarity"]):
-            return self._likeliest(probabilities, exclude=CHAT_INTENTS), inspection
+            return self._likeliest(query, exclude=CHAT_INTENTS), inspection
         return "unsupported", score
 
 
